@@ -1,0 +1,153 @@
+"""Inject R-Adapt into a frozen transformers model and control it per sample.
+
+    rmodel = RAdaptModel(model, image_mean=..., image_std=...)
+    white = rmodel.build_adapter(rmodel.white_anchor(), method="white")
+    with rmodel.control([white, None]):      # one entry per image: an Adapter or None
+        feats = model.get_image_features(pixel_values=pixels)
+
+Injection wraps two modules (the one that first sees the pixels and block 0's attention) and
+keeps each original as ``base_layer``. Outside ``control`` both wrappers pass through, so the
+model computes exactly what it computed before injection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapters.anchor import Adapter
+from adapters.config import AdapterConfig, AdapterError
+from adapters.targets import ControlState, VisionFamily, find_family
+
+
+class FilteredInput(nn.Module):
+    """Wraps the module that first sees the pixels; blurs per sample before it."""
+
+    def __init__(self, base_layer: nn.Module, family: VisionFamily, state: ControlState) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self._family = family
+        self._state = state
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self._state.any_filter:
+            x = self._family.apply_filter(x, self._state)
+        return self.base_layer(x, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # attributes the host model reads on the original
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+
+class AnchoredAttention(nn.Module):
+    """Wraps block 0's attention; blends its output with each sample's anchor."""
+
+    def __init__(self, base_layer: nn.Module, family: VisionFamily, state: ControlState) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self._family = family
+        self._state = state
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.base_layer(*args, **kwargs)
+        hook = self._state.scratch.get("capture")
+        if hook is not None:
+            hook(out[0] if isinstance(out, tuple) else out)
+        if not self._state.any_anchor:
+            return out
+        if isinstance(out, tuple):
+            return (self._family.apply_anchor(out[0], self._state), *out[1:])
+        return self._family.apply_anchor(out, self._state)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+
+class _Captured(Exception):
+    """Stops a forward once block 0 has been seen."""
+
+
+class RAdaptModel:
+    """A frozen model with R-Adapt injected. Holds no adapters: callers pass them per forward."""
+
+    def __init__(self, model: nn.Module, image_mean: Sequence[float] | None = None,
+                 image_std: Sequence[float] | None = None) -> None:
+        if any(isinstance(m, (FilteredInput, AnchoredAttention)) for m in model.modules()):
+            raise AdapterError("R-Adapt is already injected into this model")
+        self.model = model
+        self.family = find_family(model, image_mean, image_std)
+        self.state = ControlState()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        parent, attr = self.family.filter_site()
+        setattr(parent, attr, FilteredInput(getattr(parent, attr), self.family, self.state))
+        parent, attr = self.family.attention_site()
+        setattr(parent, attr, AnchoredAttention(getattr(parent, attr), self.family, self.state))
+        self.family.install_hooks(self.state)
+        self.fingerprint = self.family.fingerprint()
+
+    @contextlib.contextmanager
+    def control(self, samples: Sequence[Adapter | None] | None) -> Iterator[None]:
+        """Run the forwards inside with one adapter (or None = standard mode) per image."""
+        if samples is not None:
+            for s in samples:
+                if s is not None:
+                    s.config.fingerprint.check_fits(self.fingerprint)
+        previous = self.state.samples
+        self.state.samples = None if samples is None else tuple(samples)
+        try:
+            yield
+        finally:
+            self.state.samples = previous
+
+    def capture_block0(self, run: Callable[[], Any]) -> torch.Tensor:
+        """Block-0 attention output of ``run()`` (standard mode), stopping the forward there."""
+        seen: list[torch.Tensor] = []
+
+        def capture(a: torch.Tensor) -> None:
+            seen.append(a)
+            raise _Captured
+
+        previous = self.state.scratch.get("capture")
+        self.state.scratch["capture"] = capture
+        try:
+            with self.control(None):
+                run()
+        except _Captured:
+            pass
+        finally:
+            self.state.scratch["capture"] = previous
+        if not seen:
+            raise AdapterError("the forward never reached block 0's attention")
+        return seen[0]
+
+    @torch.no_grad()
+    def white_anchor(self) -> torch.Tensor:
+        """Training-free anchor: block-0 attention output on a uniform white image (fp32, CPU)."""
+        return self.family.white_anchor(self).detach().float().cpu()
+
+    def build_adapter(self, anchor: torch.Tensor, method: str = "white", sigma: float | None = None,
+                      alpha: float | None = None, source: str = "", extra: dict[str, str] | None = None) -> Adapter:
+        """An adapter for this model from an anchor tensor (defaults from ``adapters.config``)."""
+        from adapters.config import DEFAULT_ALPHA, DEFAULT_SIGMA
+
+        config = AdapterConfig(
+            fingerprint=self.fingerprint, method=method,
+            sigma=DEFAULT_SIGMA if sigma is None else float(sigma),
+            alpha=DEFAULT_ALPHA if alpha is None else float(alpha),
+            source=source, extra=dict(extra or {}) | self.family.anchor_extra(anchor),
+        )
+        return Adapter(config, anchor.detach().float().cpu().contiguous())

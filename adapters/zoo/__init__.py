@@ -1,0 +1,100 @@
+"""The offline model zoo: ``builtin:`` names for checkpoints this project builds itself.
+
+Each builder is deterministic (fixed seed, locally built tokenizer and processor) and needs no
+network. ``export`` writes an ordinary Hugging Face folder that plain ``transformers`` loads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PREFIX = "builtin:"
+ZOO_VERSION = "1"  # bump when a builder changes, so cached exports are rebuilt
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    name: str
+    description: str
+    build: Callable[[], tuple[Any, Any]]  # () -> (model, processor)
+
+
+def _clip(attr: str) -> Callable[[], tuple[Any, Any]]:
+    def build() -> tuple[Any, Any]:
+        from adapters.zoo import clip
+
+        return getattr(clip, attr)()
+    return build
+
+
+def _vlm(attr: str) -> Callable[[], tuple[Any, Any]]:
+    def build() -> tuple[Any, Any]:
+        from adapters.zoo import vlm
+
+        return getattr(vlm, attr)()
+    return build
+
+
+REGISTRY: dict[str, BuiltinSpec] = {
+    spec.name: spec
+    for spec in [
+        BuiltinSpec("tiny-clip", "CLIP, 32 px, 8 px patches, width 32, 2+2 layers", _clip("tiny_clip")),
+        BuiltinSpec("clip-vit-b32-random", "CLIP ViT-B/32 architecture at 224 px, random weights",
+                    _clip("clip_vit_b32_random")),
+        BuiltinSpec("tiny-llava", "LLaVA: tiny CLIP vision tower + tiny Llama", _vlm("tiny_llava")),
+        BuiltinSpec("tiny-qwen2-vl", "Qwen2-VL, tiny vision and text towers", _vlm("tiny_qwen2_vl")),
+        BuiltinSpec("tiny-qwen2.5-vl", "Qwen2.5-VL, tiny, window attention", _vlm("tiny_qwen2_5_vl")),
+        BuiltinSpec("tiny-qwen3-vl", "Qwen3-VL, tiny, deepstack", _vlm("tiny_qwen3_vl")),
+    ]
+}
+
+
+def is_builtin(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def spec_for(name: str) -> BuiltinSpec:
+    key = name[len(PREFIX):] if is_builtin(name) else name
+    if key not in REGISTRY:
+        raise KeyError(f"unknown builtin model {name!r}; known: "
+                       + ", ".join(PREFIX + k for k in sorted(REGISTRY)))
+    return REGISTRY[key]
+
+
+def export(name: str, out_dir: str | os.PathLike[str]) -> Path:
+    """Build ``name`` and write it (model, config, tokenizer, processor) to ``out_dir``."""
+    spec = spec_for(name)
+    model, processor = spec.build()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("RADAPT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "radapt")
+    return Path(root) / "builtin"
+
+
+def ensure_exported(name: str) -> Path:
+    """The folder of ``name``'s export in the local cache, building it on first use."""
+    spec = spec_for(name)
+    target = cache_dir() / f"{spec.name}-v{ZOO_VERSION}"
+    if (target / ".complete").exists():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    export(name, tmp)
+    (tmp / ".complete").write_text("ok\n")
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race; its export is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

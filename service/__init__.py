@@ -1,0 +1,1 @@
+"""R-Adapt Serve: the HTTP service, its engine and the ``radapt`` command line."""

@@ -1,0 +1,1 @@
+"""One module per ``radapt`` subcommand; each has ``register(subparsers)``."""

@@ -1,0 +1,95 @@
+"""``radapt adapter build`` (white, guided; data when the training module is present) and ``inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+METHODS = ("white", "guided", "data")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapter", help="build and inspect R-Adapt adapter files")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    b = verbs.add_parser("build", help="acquire an anchor and write an adapter file")
+    b.add_argument("--model", required=True, help="hub id, local folder or builtin: name")
+    b.add_argument("--method", choices=METHODS, default="white")
+    b.add_argument("--robust-model", help="guided: a robust model of the same architecture (e.g. FARE)")
+    b.add_argument("--sigma", type=float, default=None, help="filter sigma in input pixels (0 = off)")
+    b.add_argument("--alpha", type=float, default=None, help="anchor blend weight in [0, 1] (0 = off)")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--out", required=True, help="output .safetensors file")
+    add_data_arguments(b)
+    b.set_defaults(func=run_build)
+    i = verbs.add_parser("inspect", help="print an adapter file's metadata")
+    i.add_argument("file")
+    i.set_defaults(func=run_inspect)
+
+
+def add_data_arguments(b: argparse.ArgumentParser) -> None:
+    """Options of the data-driven method; its module adds nothing here if absent."""
+    try:
+        from adapters import train
+    except ImportError:
+        return
+    train.add_arguments(b)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from adapters import save_adapter
+    from adapters.acquire import guided_adapter, white_adapter
+    from adapters.config import AdapterError
+    from adapters.loading import ModelLoadError, load_model
+    from adapters.model import RAdaptModel
+
+    try:
+        served = load_model(args.model, device=args.device, dtype="float32")
+        rmodel = rmodel_for(served)
+        if args.method == "white":
+            adapter = white_adapter(rmodel, args.sigma, args.alpha, source=f"white:{args.model}")
+        elif args.method == "guided":
+            if not args.robust_model:
+                print("error: --method guided needs --robust-model", file=sys.stderr)
+                return 2
+            robust = load_model(args.robust_model, device=args.device, dtype="float32")
+            adapter = guided_adapter(rmodel, rmodel_for(robust), args.sigma, args.alpha,
+                                     source=f"guided:{args.robust_model}")
+        else:
+            try:
+                from adapters import train
+            except ImportError:
+                print("error: the data method is not available in this build", file=sys.stderr)
+                return 2
+            adapter = train.build_from_args(rmodel, served, args)
+    except (AdapterError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    save_adapter(adapter, args.out)
+    print(f"wrote {args.method} adapter to {args.out} ({tuple(adapter.anchor.shape)} anchor, "
+          f"sigma={adapter.config.sigma}, alpha={adapter.config.alpha})")
+    return 0
+
+
+def rmodel_for(loaded: object) -> "object":
+    """RAdaptModel for a LoadedModel, with the normalisation of its image processor."""
+    from adapters.model import RAdaptModel
+
+    ip = getattr(loaded.processor, "image_processor", None)
+    return RAdaptModel(loaded.model, getattr(ip, "image_mean", None), getattr(ip, "image_std", None))
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from adapters import load_adapter
+    from adapters.config import AdapterError
+
+    try:
+        adapter = load_adapter(args.file)
+    except AdapterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = adapter.config
+    print(json.dumps({"method": cfg.method, "sigma": cfg.sigma, "alpha": cfg.alpha, "source": cfg.source,
+                      "fingerprint": json.loads(cfg.fingerprint.to_json()), "extra": cfg.extra,
+                      "anchor_shape": list(adapter.anchor.shape)}, indent=2))
+    return 0
