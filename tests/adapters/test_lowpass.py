@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adapters.lowpass import blur_per_sample, gaussian_blur, gaussian_kernel1d, kernel_radius
+
+pytestmark = pytest.mark.unit
+
+
+def explicit_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Independent reference: a full 2-D Gaussian kernel, built pixel by pixel, one conv2d."""
+    r = math.ceil(3 * sigma)
+    coords = torch.arange(-r, r + 1, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    k2 = torch.exp(-(xx**2 + yy**2) / (2 * sigma**2))
+    k2 = (k2 / k2.sum()).to(images.dtype)
+    c = images.shape[1]
+    padded = F.pad(images, (r, r, r, r), mode="reflect")
+    return F.conv2d(padded, k2.expand(c, 1, 2 * r + 1, 2 * r + 1).contiguous(), groups=c)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
+def test_filter_equals_explicit_2d_gaussian(sigma):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 24, dtype=torch.float64)
+    got = gaussian_blur(x, sigma)
+    assert torch.allclose(got, explicit_blur(x, sigma), atol=1e-12)
+    assert not torch.allclose(got, x)  # it really filters
+
+
+def test_kernel_size_and_normalisation():
+    assert kernel_radius(1.0) == 3 and kernel_radius(0.4) == 2
+    k = gaussian_kernel1d(1.5)
+    assert k.numel() == 2 * math.ceil(4.5) + 1
+    assert torch.isclose(k.sum(), torch.tensor(1.0))
+    assert torch.equal(k, k.flip(0))
+
+
+def test_low_pass_removes_high_frequencies():
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., ::2, :] = 1.0  # Nyquist stripes
+    y = gaussian_blur(x, 1.0)
+    assert y.std() < 0.05 * x.std()
+    const = torch.full((1, 3, 16, 16), 0.7)
+    assert torch.allclose(gaussian_blur(const, 2.0), const, atol=1e-6)
+
+
+def test_commutes_with_per_channel_normalisation():
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 20, 20, dtype=torch.float64)
+    mean = torch.tensor([0.48, 0.45, 0.40], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.27, 0.26, 0.28], dtype=torch.float64).view(1, 3, 1, 1)
+    a = (gaussian_blur(x, 1.0) - mean) / std
+    b = gaussian_blur((x - mean) / std, 1.0)
+    assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_per_sample_sigmas_leave_unfiltered_samples_bit_exact():
+    torch.manual_seed(2)
+    x = torch.rand(4, 3, 16, 16)
+    y = blur_per_sample(x, [0.0, 1.0, 2.0, 1.0])
+    assert torch.equal(y[0], x[0])
+    assert torch.allclose(y[1], gaussian_blur(x[1:2], 1.0)[0])
+    assert torch.allclose(y[2], gaussian_blur(x[2:3], 2.0)[0])
+    assert torch.allclose(y[3], gaussian_blur(x[3:4], 1.0)[0])
+    assert torch.equal(blur_per_sample(x, [0, 0, 0, 0]), x)
+    with pytest.raises(ValueError):
+        blur_per_sample(x, [1.0])
+
+
+def test_filter_is_differentiable():
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    blur_per_sample(x, [1.0, 0.0]).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_small_images_cap_the_radius():
+    x = torch.rand(1, 3, 4, 4)
+    y = gaussian_blur(x, 5.0)  # radius 15 > 3: capped, still a weighted average
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert y.min() >= x.min() - 1e-6 and y.max() <= x.max() + 1e-6
