@@ -84,7 +84,7 @@ class VisionFamily:
 
     def white_pixels(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """A normalised white image ``[1, 3, H, W]``: per channel ``(1 - mean) / std``."""
-        values = torch.tensor([(1.0 - m) / s for m, s in zip(self.image_mean, self.image_std)],
+        values = torch.tensor([(1.0 - m) / s for m, s in zip(self.image_mean, self.image_std, strict=True)],
                               dtype=torch.float32)
         return values.view(1, 3, 1, 1).expand(1, 3, height, width).to(device=device, dtype=dtype).contiguous()
 

@@ -26,7 +26,7 @@ def byte_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def word_merges(words: tuple[str, ...] | list[str], suffix: str = "") -> list[tuple[str, str]]:

@@ -41,7 +41,6 @@ def run_build(args: argparse.Namespace) -> int:
     from adapters.acquire import guided_adapter, white_adapter
     from adapters.config import AdapterError
     from adapters.loading import ModelLoadError, load_model
-    from adapters.model import RAdaptModel
 
     try:
         served = load_model(args.model, device=args.device, dtype="float32")
@@ -52,9 +51,8 @@ def run_build(args: argparse.Namespace) -> int:
             if not args.robust_model:
                 print("error: --method guided needs --robust-model", file=sys.stderr)
                 return 2
-            robust = load_model(args.robust_model, device=args.device, dtype="float32")
-            adapter = guided_adapter(rmodel, rmodel_for(robust), args.sigma, args.alpha,
-                                     source=f"guided:{args.robust_model}")
+            adapter = guided_adapter(rmodel, robust_rmodel(args.robust_model, served, args.device),
+                                     args.sigma, args.alpha, source=f"guided:{args.robust_model}")
         else:
             try:
                 from adapters import train
@@ -77,6 +75,24 @@ def rmodel_for(loaded: object) -> "object":
 
     ip = getattr(loaded.processor, "image_processor", None)
     return RAdaptModel(loaded.model, getattr(ip, "image_mean", None), getattr(ip, "image_std", None))
+
+
+def robust_rmodel(name: str, served: object, device: str) -> "object":
+    """The robust model for a guided anchor: a transformers model, or an open_clip safetensors file."""
+    from adapters import openclip
+    from adapters.config import AdapterMismatchError
+    from adapters.loading import load_model
+    from adapters.model import RAdaptModel
+
+    checkpoint = openclip.find_checkpoint(name)
+    if checkpoint is None:
+        return rmodel_for(load_model(name, device=device, dtype="float32"))
+    if served.family not in ("clip", "llava"):
+        raise AdapterMismatchError(f"open_clip checkpoints hold CLIP towers; {served.name} is {served.family}")
+    vision_config = served.model.config.vision_config
+    vision = openclip.load_vision_model(checkpoint, vision_config).to(served.device)
+    ip = served.processor.image_processor
+    return RAdaptModel(vision, ip.image_mean, ip.image_std)
 
 
 def run_inspect(args: argparse.Namespace) -> int:

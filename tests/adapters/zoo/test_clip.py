@@ -33,7 +33,8 @@ def test_export_loads_with_plain_transformers(tmp_path):
         "from transformers import AutoProcessor, CLIPModel\n"
         f"m = CLIPModel.from_pretrained({str(out)!r}); p = AutoProcessor.from_pretrained({str(out)!r})\n"
         "from PIL import Image\n"
-        "x = p(text=['a cat', 'a dog'], images=Image.new('RGB', (40, 40), (10, 200, 30)), return_tensors='pt', padding=True)\n"
+        "img = Image.new('RGB', (40, 40), (10, 200, 30))\n"
+        "x = p(text=['a cat', 'a dog'], images=img, return_tensors='pt', padding=True)\n"
         "o = m(**x); print(tuple(o.logits_per_image.shape))\n"
         "assert 'adapters' not in sys.modules and 'service' not in sys.modules\n"
     )
