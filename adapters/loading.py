@@ -84,7 +84,9 @@ def resolve_source(name: str) -> str:
 def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load model and processor, frozen, in eval mode, on ``device`` in ``dtype``."""
     import transformers
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
+
+    from adapters.zoo.vlm import load_processor
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -96,7 +98,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
                                  f"supported: {', '.join(sorted(MODEL_CLASSES))}")
         family, cls_name = MODEL_CLASSES[config.model_type]
         model = getattr(transformers, cls_name).from_pretrained(source, dtype=torch_dtype)
-        processor = AutoProcessor.from_pretrained(source)
+        processor = load_processor(source, config.model_type)
     except ModelLoadError:
         raise
     except (OSError, ValueError) as exc:

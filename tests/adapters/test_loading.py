@@ -37,3 +37,12 @@ def test_dtype_resolution():
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ModelLoadError, match="dtype"):
         resolve_dtype("float8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name, family", [("builtin:tiny-llava", "llava"), ("builtin:tiny-qwen2-vl", "qwen2_vl"),
+                                          ("builtin:tiny-qwen2.5-vl", "qwen2_5_vl"),
+                                          ("builtin:tiny-qwen3-vl", "qwen3_vl")])
+def test_every_vlm_family_loads_through_the_one_loader(name, family):
+    loaded = load_model(name, device="cpu")
+    assert loaded.family == family
+    assert hasattr(loaded.processor, "image_processor") and hasattr(loaded.processor, "tokenizer")
