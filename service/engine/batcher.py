@@ -1,0 +1,224 @@
+"""The dynamic batcher: one asyncio task per model that owns its queue.
+
+    item = WorkItem(kind="image", payload=..., adapter="default")
+    batcher.submit(item)                 # raises Overloaded (429) when the queue is full
+    done = await batcher.wait(item, 30)  # Done(value, queue_time, inference_time) or the item's error
+
+The loop takes the first waiting item, then whatever else is queued, then waits at most
+``max_wait`` for the batch to fill to ``max_batch``. Items whose future is already done (client
+gone, timed out) are skipped; items past their deadline get 504 without running. The forward runs
+in the model's own thread; an exception fails only that batch's items and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import InferenceFailed, NotReady, Overloaded, RequestTimeout, ServiceError
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """One unit of model work: an image, a text or a generation prompt (runner-specific payload)."""
+
+    kind: str
+    payload: Any
+    adapter: str | None = None  # adapter name; None = standard mode
+    adapter_id: str | None = None  # uid of the Adapter object that ran (set by the runner)
+    future: asyncio.Future = field(default=None)  # type: ignore[assignment]  # set by submit
+    enqueued: float = 0.0
+    deadline: float = float("inf")
+
+
+@dataclass(frozen=True)
+class Done:
+    value: Any
+    queue_time: float
+    inference_time: float
+
+
+# (items, adapter snapshot) -> one result or Exception per item; runs in the model thread
+BatchFn = Callable[[list[WorkItem], Mapping[str, Any]], list[Any]]
+
+
+class Batcher:
+    def __init__(self, model: str, run_batch: BatchFn, snapshot: Callable[[], Mapping[str, Any]],
+                 metrics: Metrics, max_batch: int = 32, max_wait: float = 0.002, max_queue: int = 1024,
+                 timeout: float = 30.0) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_wait < 0 or timeout <= 0:
+            raise ValueError("max_wait must be >= 0 and timeout > 0")
+        self.model = model
+        self._run_batch = run_batch
+        self._snapshot = snapshot
+        self._metrics = metrics
+        self.max_batch, self.max_wait, self.timeout = max_batch, max_wait, timeout
+        self.max_queue = max_queue
+        # the loop owns the queue; a deque (not asyncio.Queue) so admission can drop dead items
+        self._items: deque[WorkItem] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{model}")
+        self._task: asyncio.Task | None = None
+        self.busy_since: float | None = None  # loop time when the running forward started
+        self._depth = metrics.queue_depth.labels(model=model)
+        self._queue_hist = metrics.queue_duration.labels(model=model)
+        self._infer_hist = metrics.inference_duration.labels(model=model)
+        self._batch_hist = metrics.batch_size.labels(model=model)
+
+    # lifecycle
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._items:
+            item = self._items.popleft()
+            if not item.future.done():
+                item.future.set_exception(NotReady("server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def wedged(self, after: float) -> bool:
+        """True when the loop died or one forward has run longer than ``after`` seconds."""
+        if not self.alive:
+            return True
+        return self.busy_since is not None and time.monotonic() - self.busy_since > after
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    # admission
+    def submit(self, item: WorkItem, timeout: float | None = None) -> WorkItem:
+        if not self.alive:
+            raise NotReady(f"model {self.model} is not serving yet")
+        loop = asyncio.get_running_loop()
+        item.future = loop.create_future()
+        item.enqueued = time.monotonic()
+        item.deadline = item.enqueued + (timeout or self.timeout)
+        if len(self._items) >= self.max_queue:
+            self._items = deque(i for i in self._items if not i.future.done())  # timed out / client gone
+            if len(self._items) >= self.max_queue:
+                retry = max(1, round(self.max_wait + self.timeout / 10))
+                raise Overloaded(f"model {self.model} has {self.depth} items queued; retry later",
+                                 headers={"Retry-After": str(retry)})
+        self._items.append(item)
+        self._wakeup.set()
+        self._depth.set(len(self._items))
+        return item
+
+    async def wait(self, item: WorkItem) -> Done:
+        """The item's result; 504 at its deadline (the item is then skipped if still queued)."""
+        remaining = item.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), max(remaining, 0.0))
+        except asyncio.TimeoutError:
+            item.future.cancel()
+            raise RequestTimeout(f"request did not finish within {self.timeout:g} s") from None
+        except asyncio.CancelledError:
+            item.future.cancel()  # our caller went away: never run it
+            raise
+
+    # the loop
+    async def _collect(self) -> list[WorkItem]:
+        """Up to max_batch live items: what is queued now, then what arrives within max_wait."""
+        while not self._items:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch: list[WorkItem] = []
+        end = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            if self._items:
+                item = self._items.popleft()
+                if not item.future.done():  # skip items whose client went away or timed out
+                    batch.append(item)
+                continue
+            left = end - time.monotonic()
+            if left <= 0 or not batch:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        self._depth.set(len(self._items))
+        return batch
+
+    def _live(self, batch: list[WorkItem]) -> list[WorkItem]:
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if item.future.done():  # cancelled: its client went away or it timed out
+                continue
+            if now > item.deadline:
+                item.future.set_exception(RequestTimeout("request expired in the queue"))
+                continue
+            live.append(item)
+        return live
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self._live(await self._collect())
+            if not batch:
+                continue
+            try:
+                await self._run(loop, batch)
+            except asyncio.CancelledError:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(NotReady("server is shutting down"))
+                raise
+            except Exception:  # the loop must survive anything; _run already failed the items
+                log.exception("batcher %s: unexpected error", self.model)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem]) -> None:
+        start = time.monotonic()
+        for item in batch:
+            self._queue_hist.observe(start - item.enqueued)
+        snapshot = self._snapshot()  # one adapter view for the whole batch
+        self.busy_since = start
+        try:
+            results = await loop.run_in_executor(self._executor, self._run_batch, batch, snapshot)
+            if len(results) != len(batch):
+                raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} items")
+        except Exception as exc:
+            log.error("batch of %d on %s failed: %s: %s", len(batch), self.model, type(exc).__name__, exc)
+            err = exc if isinstance(exc, ServiceError) else InferenceFailed("inference failed for this batch")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(err)
+            return
+        finally:
+            self.busy_since = None
+        elapsed = time.monotonic() - start
+        self._infer_hist.observe(elapsed)
+        self._batch_hist.observe(len(batch))
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(Done(result, start - item.enqueued, elapsed))

@@ -1,0 +1,187 @@
+"""Server settings: one pydantic-settings object, built once at start and passed explicitly.
+
+Priority (highest first): explicit values (the ``radapt serve`` flags), ``RADAPT_*`` environment
+variables, the config file (YAML or JSON, ``--config`` / ``RADAPT_CONFIG_FILE``), defaults.
+List settings accept JSON or comma-separated values in the environment
+(``RADAPT_MODELS=builtin:tiny-clip,builtin:tiny-llava``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_TEMPLATE = "a photo of a {}."
+FLAGS = {"models": "model", "adapters": "adapter", "config_file": "config"}  # field -> `radapt serve` flag
+
+
+class SettingsError(ValueError):
+    """Settings that cannot start a server; the message lists each problem and its fix."""
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the YAML/JSON file named by ``config_file`` (set by a higher-priority source)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # unused: __call__ reads all
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config_file")
+        if not path:
+            return {}
+        return read_config_file(Path(path))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: cannot read it ({exc.strerror}); check the --config path") from exc
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except (ValueError, ImportError) as exc:
+        raise SettingsError(f"config file {path}: not valid YAML/JSON ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: the top level must be a mapping of setting names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _split(value: Any) -> Any:
+    """Comma-separated or JSON list from the environment; lists pass through."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything ``radapt serve`` can be told. Field descriptions double as the reference docs."""
+
+    model_config = SettingsConfigDict(env_prefix="RADAPT_", extra="forbid", validate_default=True)
+
+    config_file: Path | None = Field(None, description="YAML or JSON file with any of these settings")
+    # models and R-Adapt
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["builtin:tiny-clip"],
+        description="models to serve: hub ids, local folders or builtin: names; the first is the default")
+    adapters: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="extra adapters at start, NAME=FILE (attached to the first model they fit)")
+    adapter_dir: Path | None = Field(None, description="folder POST /v1/adapters may load adapter files from")
+    sigma: float | None = Field(None, ge=0.0, le=16.0, description="filter sigma of the default adapter (pixels)")
+    alpha: float | None = Field(None, ge=0.0, le=1.0, description="anchor weight of the default adapter")
+    default_robust: bool = Field(False, description="what a request that does not say `robust` gets")
+    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # network
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(None, description="Bearer key for inference endpoints (none = open)")
+    admin_key: SecretStr | None = Field(None, description="Bearer key for adapter management (none = api_key)")
+    # batching and admission
+    max_batch_size: int = Field(32, ge=1, le=4096, description="most work items in one forward")
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="how long a batch waits to fill")
+    max_queue: int = Field(1024, ge=1, description="queued items per model beyond which requests get 429")
+    request_timeout_s: float = Field(30.0, gt=0.0, description="per-request deadline (504 after it)")
+    preprocess_workers: int = Field(2, ge=1, le=64, description="threads that decode and preprocess images")
+    label_cache_size: int = Field(4096, ge=0, description="text embeddings of labels kept (LRU)")
+    warmup: bool = Field(True, description="run one batch per task at load before reporting ready")
+    # generation
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="default generation length")
+    max_new_tokens_limit: int = Field(512, ge=1, le=32768, description="most tokens a request may ask for")
+    # input limits
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body")
+    max_image_bytes: int = Field(16 * 1024 * 1024, ge=64, description="largest encoded image")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
+    max_labels: int = Field(1000, ge=1, description="labels per classify request")
+    max_inputs: int = Field(256, ge=1, description="inputs per embeddings request")
+    max_text_chars: int = Field(8192, ge=1, description="longest text input or label")
+    max_images_per_request: int = Field(8, ge=1, description="images in one chat request")
+    # remote images
+    allow_remote_images: bool = Field(False, description="fetch http(s) image URLs (public addresses only)")
+    remote_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
+    remote_max_bytes: int = Field(8 * 1024 * 1024, ge=64)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, ConfigFileSource(settings_cls)
+
+    @field_validator("api_key", "admin_key", "adapter_dir", "config_file", "sigma", "alpha", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``RADAPT_API_KEY=`` (an empty variable) means no key, not the empty key."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("models", "adapters", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("models")
+    @classmethod
+    def _models_given(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("no model to serve: pass --model NAME (e.g. builtin:tiny-clip)")
+        if len(set(value)) != len(value):
+            raise ValueError("a model is listed twice; list each model once")
+        return value
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters_named(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            name, sep, path = spec.partition("=")
+            if not sep or not path or not ADAPTER_NAME.match(name):
+                raise ValueError(f"adapter {spec!r} must be NAME=FILE with NAME of letters, digits, '.', '_', '-'")
+            if name == "default":
+                raise ValueError("the adapter name 'default' is taken by the built-in white adapter; pick another")
+        return value
+
+    @field_validator("adapter_dir")
+    @classmethod
+    def _dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder; create it or fix --adapter-dir")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("max_new_tokens exceeds max_new_tokens_limit; raise the limit or lower the default")
+        if self.max_image_bytes > self.max_body_bytes:
+            raise ValueError("max_image_bytes exceeds max_body_bytes; an image that large could never arrive")
+        return self
+
+
+def load_settings(**values: Any) -> Settings:
+    """Build Settings from explicit values (None = not given), the environment and the config file.
+
+    Raises SettingsError whose message names each bad setting, its flag/variable and the fix.
+    """
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            flag = FLAGS.get(field, field.replace("_", "-"))
+            hint = f" (--{flag} / RADAPT_{field.upper()})" if err["loc"] else ""
+            lines.append(f"{field}{hint}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,47 @@
+"""The fast CLIP preprocessing equals the transformers processor exactly; the label LRU is bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adapters.zoo.clip import clip_processor
+from service.runners.clip import LabelCache
+from service.runners.preprocess import FastClipPreprocessor, ProcessorPreprocessor, image_preprocessor
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_fast_path_equals_the_processor(size):
+    ip = clip_processor(size).image_processor
+    fast, slow = image_preprocessor(ip), ProcessorPreprocessor(ip)
+    assert isinstance(fast, FastClipPreprocessor)
+    rs = np.random.RandomState(0)
+    for h, w in [(300, 400), (400, 300), (size, size), (33, 97), (1, 500), (500, 1), (17, 5), (641, 479)]:
+        img = Image.fromarray(rs.randint(0, 256, (h, w, 3), dtype=np.uint8))
+        a, b = fast(img), slow(img)
+        assert a.shape == b.shape == (3, size, size) and a.dtype == b.dtype == torch.float32
+        assert torch.equal(a, b), (h, w)
+    grey = Image.fromarray(rs.randint(0, 256, (50, 60), dtype=np.uint8)).convert("L")
+    assert torch.equal(fast(grey), slow(grey.convert("RGB")))
+
+
+def test_unrecognised_processors_fall_back():
+    ip = clip_processor(32).image_processor
+    ip.do_center_crop = False
+    assert isinstance(image_preprocessor(ip), ProcessorPreprocessor)
+
+
+def test_label_cache_is_a_bounded_lru():
+    cache = LabelCache(2)
+    cache.put("a", torch.zeros(1))
+    cache.put("b", torch.ones(1))
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("c", torch.ones(1))
+    assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 2
+    off = LabelCache(0)
+    off.put("a", torch.zeros(1))
+    assert off.get("a") is None
