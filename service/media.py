@@ -80,7 +80,10 @@ def open_image(data: bytes, limits: MediaLimits) -> Image.Image:
             if width < 1 or height < 1:
                 raise BadRequest("image has no pixels", "invalid_image")
             img.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # PIL refuses > 2x its own limit before we see the size
+        raise PayloadTooLarge(f"image has more pixels than the limit of {limits.max_image_pixels}",
+                              "image_too_many_pixels") from None
+    except UnidentifiedImageError:
         raise BadRequest(f"image bytes are not a supported image format ({', '.join(FORMATS)})",
                          "invalid_image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -68,3 +68,13 @@ def test_remote_urls_refuse_non_public_addresses(url, code):
     with pytest.raises(BadRequest) as err:
         asyncio.run(fetch_image_bytes(url, LIMITS))
     assert err.value.code == "remote_images_disabled"
+
+
+def test_decompression_bomb_past_pillows_own_limit_is_a_413_not_a_format_error():
+    # 15000 x 15000 = 225 Mpx: Pillow itself raises (> 2x its default limit) before our check runs
+    bomb = io.BytesIO()
+    Image.new("1", (15000, 15000)).save(bomb, "PNG")
+    limits = MediaLimits(max_image_bytes=len(bomb.getvalue()) + 1, max_image_pixels=50_000)
+    with pytest.raises(PayloadTooLarge, match="pixels") as info:
+        decode_image(base64.b64encode(bomb.getvalue()).decode(), limits)
+    assert info.value.code == "image_too_many_pixels"
