@@ -1,0 +1,168 @@
+"""``radapt eval``: zero-shot clean and robust accuracy, standard mode vs R-Adapt configurations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="clean and robust zero-shot accuracy on an ImageFolder",
+                       description="Attack standard mode and each R-Adapt configuration through its own "
+                                   "forward pass; write results.json, results.md and accuracy.png.")
+    p.add_argument("--model", required=True, help="a CLIP model: hub id, local folder or builtin: name")
+    p.add_argument("--adapter", action="append", default=[], metavar="FILE",
+                   help="an adapter file to evaluate (repeatable); the default white anchor always runs")
+    p.add_argument("--dataset", required=True, help="ImageFolder: one subfolder per class, name = class")
+    p.add_argument("--eps", default="1,2,4", help="L-inf radii in 1/255, comma separated (default 1,2,4)")
+    p.add_argument("--attack", default="apgd-ce,apgd-t",
+                   help="comma separated from apgd-ce, apgd-t, pgd (default apgd-ce,apgd-t)")
+    p.add_argument("--steps", type=int, default=100, help="iterations per attack (default 100)")
+    p.add_argument("--n", type=int, default=None, help="images to evaluate, balanced over classes (default all)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2",
+                   help="also sweep the white anchor's settings, e.g. sigma=0.5,1,2 alpha=0.25,0.5,0.75")
+    p.add_argument("--templates", help="text file of prompt templates, one per line with {} for the class")
+    p.add_argument("--batch-size", type=int, default=32, help="images per attacked batch (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of image sampling and attack starts")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+class UsageError(ValueError):
+    """A bad option value; the message says which and why."""
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma separated numbers, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{what} is empty")
+    return values
+
+
+def parse_attacks(text: str) -> list[str]:
+    from adapters.attacks import ATTACKS
+
+    names = [a.strip().lower() for a in text.split(",") if a.strip()]
+    bad = [a for a in names if a not in ATTACKS]
+    if bad or not names:
+        raise UsageError(f"--attack takes {', '.join(ATTACKS)}; got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def parse_sweep(items: list[str] | None) -> dict[str, list[float]] | None:
+    """``["sigma=0.5,1", "alpha=0.25"]`` -> ``{"sigma": [...], "alpha": [...]}``; missing keys default."""
+    if not items:
+        return None
+    from adapters.config import DEFAULT_ALPHA, DEFAULT_SIGMA
+
+    grid = {"sigma": [DEFAULT_SIGMA], "alpha": [DEFAULT_ALPHA]}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or key not in grid:
+            raise UsageError(f"--sweep takes sigma=V1,V2,... and alpha=V1,V2,...; got {item!r}")
+        grid[key] = parse_floats(values, f"--sweep {key}")
+    return grid
+
+
+def check_extras(attacks: list[str]) -> None:
+    """The optional packages this run needs, named with the install command if missing."""
+    import importlib.util
+
+    needed = ["matplotlib"] + (["pyautoattack"] if any(a.startswith("apgd") for a in attacks) else [])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"radapt eval needs {', '.join(missing)}: pip install 'radapt-serve[eval]'")
+
+
+def read_templates(path: str | None) -> tuple[str, ...]:
+    from adapters.zeroshot import TEMPLATES
+
+    if path is None:
+        return TEMPLATES
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    if not lines or any("{}" not in ln for ln in lines):
+        raise UsageError(f"{path}: every template line needs {{}} for the class name")
+    return tuple(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from adapters.config import AdapterError
+    from adapters.loading import ModelLoadError
+
+    try:
+        return _run(args)
+    except (UsageError, AdapterError, ModelLoadError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # the dataset: unreadable images, too few classes
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from adapters import load_adapter
+    from adapters.acquire import white_adapter
+    from adapters.evaluate import EvalConfig, evaluate, sweep_configs
+    from adapters.imagefolder import ImageFolder, load_pixels
+    from adapters.loading import load_model
+    from adapters.report import markdown_table, write_reports
+    from adapters.zeroshot import class_embeddings, logit_scale_of
+    from service.commands.adapter import rmodel_for
+
+    eps, attacks = parse_floats(args.eps, "--eps"), parse_attacks(args.attack)
+    if any(e < 0 for e in eps):
+        raise UsageError("--eps values must be >= 0")
+    if args.steps < 1 or args.batch_size < 1 or (args.n is not None and args.n < 1):
+        raise UsageError("--steps, --batch-size and --n must be >= 1")
+    check_extras(attacks)
+    grid = parse_sweep(args.sweep)
+    templates = read_templates(args.templates)
+    dataset = ImageFolder.scan(args.dataset)
+    if "apgd-t" in attacks and len(dataset.classes) < 4:
+        raise UsageError(f"apgd-t needs at least 4 classes; {args.dataset} has {len(dataset.classes)}")
+    adapters = [(Path(f).stem, load_adapter(f)) for f in args.adapter]
+
+    started = time.time()
+    loaded = load_model(args.model, device=args.device, dtype="float32")  # attacks run in fp32
+    if loaded.family != "clip":
+        raise UsageError(f"radapt eval classifies zero-shot and needs a CLIP model; {args.model} is "
+                         f"{loaded.family}")
+    rmodel = rmodel_for(loaded)
+    for _, adapter in adapters:
+        adapter.config.fingerprint.check_fits(rmodel.fingerprint)
+    white = white_adapter(rmodel, source=f"white:{args.model}")
+    configs = [EvalConfig("standard", None),
+               EvalConfig(f"white sigma={white.config.sigma:g} alpha={white.config.alpha:g}", white)]
+    configs += [EvalConfig(f"{name} ({a.config.method})", a) for name, a in adapters]
+    sweep = [] if grid is None else sweep_configs(white, grid["sigma"], grid["alpha"])
+
+    picked = dataset.subset(args.n, args.seed)
+    processor = getattr(loaded.processor, "image_processor", loaded.processor)
+    images = load_pixels([p for p, _ in picked], processor)
+    labels = torch.tensor([c for _, c in picked])
+    text = class_embeddings(loaded.model, loaded.processor.tokenizer, dataset.classes, templates)
+    results = evaluate(rmodel, text, logit_scale_of(loaded.model), images, labels, configs + sweep, eps,
+                       attacks, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                       progress=not args.no_progress)
+    settings: dict[str, Any] = {
+        "model": args.model, "model_path": loaded.path, "device": str(loaded.device), "dtype": "float32",
+        "dataset": str(Path(args.dataset).resolve()), "classes": list(dataset.classes), "n": len(picked),
+        "eps": eps, "eps_units": "1/255", "attacks": attacks, "steps": args.steps, "seed": args.seed,
+        "batch_size": args.batch_size, "templates": list(templates), "adapters": list(args.adapter),
+        "sweep": grid, "seconds": round(time.time() - started, 3),
+    }
+    main, swept = results[:len(configs)], results[len(configs):]
+    files = write_reports(main, settings, Path(args.out), sweep=swept)
+    print(markdown_table(results, attacks), end="")
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
