@@ -24,8 +24,8 @@ from adapters.config import AdapterConfig, AdapterError
 from adapters.targets import ControlState, VisionFamily, find_family
 
 
-class FilteredInput(nn.Module):
-    """Wraps the module that first sees the pixels; blurs per sample before it."""
+class _Wrapper(nn.Module):
+    """Keeps the original module as ``base_layer``; attributes the host model reads fall through to it."""
 
     def __init__(self, base_layer: nn.Module, family: VisionFamily, state: ControlState) -> None:
         super().__init__()
@@ -33,12 +33,7 @@ class FilteredInput(nn.Module):
         self._family = family
         self._state = state
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self._state.any_filter:
-            x = self._family.apply_filter(x, self._state)
-        return self.base_layer(x, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:  # attributes the host model reads on the original
+    def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
@@ -47,14 +42,17 @@ class FilteredInput(nn.Module):
             return getattr(self.base_layer, name)
 
 
-class AnchoredAttention(nn.Module):
-    """Wraps block 0's attention; blends its output with each sample's anchor."""
+class FilteredInput(_Wrapper):
+    """Wraps the module that first sees the pixels; blurs per sample before it."""
 
-    def __init__(self, base_layer: nn.Module, family: VisionFamily, state: ControlState) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        self._family = family
-        self._state = state
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self._state.any_filter:
+            x = self._family.apply_filter(x, self._state)
+        return self.base_layer(x, *args, **kwargs)
+
+
+class AnchoredAttention(_Wrapper):
+    """Wraps block 0's attention; blends its output with each sample's anchor."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.base_layer(*args, **kwargs)
@@ -66,14 +64,6 @@ class AnchoredAttention(nn.Module):
         if isinstance(out, tuple):
             return (self._family.apply_anchor(out[0], self._state), *out[1:])
         return self._family.apply_anchor(out, self._state)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
 
 
 class _Captured(Exception):

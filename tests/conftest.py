@@ -21,6 +21,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU two threads spin: use one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     """builtin:tiny-clip loaded through the real loader (fp32, CPU). Do not inject into it: use ``fresh_clip``."""

@@ -9,16 +9,6 @@ from adapters.attacks import apgd, cross_entropy_loss, linf_project, pgd
 from adapters.lowpass import gaussian_blur
 from adapters.zeroshot import ZeroShotClassifier, class_embeddings, logit_scale_of
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they spin: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 pytestmark = pytest.mark.unit
 
 CLASSES = ["boat", "cat", "green", "tree", "zebra"]  # varied predictions on random tiny-clip images

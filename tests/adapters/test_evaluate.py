@@ -12,16 +12,6 @@ from adapters.imagefolder import ImageFolder
 from adapters.report import write_reports
 from adapters.zeroshot import ZeroShotClassifier, class_embeddings, logit_scale_of
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they spin: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 pytestmark = pytest.mark.unit
 
 CLASSES = ["boat", "cat", "green", "tree", "zebra"]

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from adapters import Adapter, AdapterMismatchError, RAdaptModel, load_adapter, save_adapter
 from adapters.acquire import white_adapter
 from adapters.zoo import vlm
+from tests.helpers import gaussian_reference
 
 pytestmark = pytest.mark.unit
 
@@ -57,15 +56,6 @@ def manual(r: RAdaptModel, seed: int, sigma: float, alpha: float) -> Adapter:
     return r.build_adapter(torch.randn(17, 32, generator=g), method="manual", sigma=sigma, alpha=alpha)
 
 
-def explicit_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = math.ceil(3 * sigma)
-    coords = torch.arange(-r, r + 1, dtype=torch.float64)
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    k2 = torch.exp(-(xx**2 + yy**2) / (2 * sigma**2))
-    k2 = (k2 / k2.sum()).to(images.dtype)
-    padded = F.pad(images, (r, r, r, r), mode="reflect")
-    return F.conv2d(padded, k2.expand(3, 1, 2 * r + 1, 2 * r + 1).contiguous(), groups=3)
-
 
 def test_off_reproduces_base_model_exactly():
     model, proc = build()
@@ -105,7 +95,7 @@ def test_filter_equals_explicit_gaussian():
             features(model, px)
     finally:
         handle.remove()
-    expected = explicit_blur(px.double(), 1.0).float()
+    expected = gaussian_reference(px.double(), 1.0).float()
     assert (seen[0] - expected).abs().max() <= 1e-5 and (seen[0] - px).abs().max() > 0.1
 
 

@@ -7,7 +7,6 @@ Token layouts are checked against transformers' own position and window function
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from transformers.vision_utils import get_vision_position_ids, get_vision_window
 from adapters import Adapter, AdapterError, AdapterMismatchError, RAdaptModel, load_adapter, qwen, save_adapter
 from adapters.acquire import white_adapter
 from adapters.zoo import vlm
+from tests.helpers import gaussian_reference
 
 pytestmark = pytest.mark.unit
 
@@ -82,17 +82,6 @@ def capture_block0(model, run) -> torch.Tensor:
         handle.remove()
     return seen[0]
 
-
-def explicit_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A full 2-D Gaussian kernel, reflect padding, one grouped conv2d: ``[B, C, H, W]``."""
-    r = math.ceil(3 * sigma)
-    coords = torch.arange(-r, r + 1, dtype=torch.float64)
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    k2 = torch.exp(-(xx**2 + yy**2) / (2 * sigma**2))
-    k2 = (k2 / k2.sum()).to(images.dtype)
-    c = images.shape[1]
-    padded = F.pad(images, (r, r, r, r), mode="reflect")
-    return F.conv2d(padded, k2.expand(c, 1, 2 * r + 1, 2 * r + 1).contiguous(), groups=c)
 
 
 def manual(r: RAdaptModel, seed: int, sigma: float, alpha: float) -> Adapter:
@@ -202,7 +191,7 @@ def test_filter_equals_explicit_gaussian_of_the_unpatchified_image(name):
             features(model, px, grid)
     finally:
         handle.remove()
-    expected = patchify(explicit_blur(image[None].double(), 1.5)[0].float())
+    expected = patchify(gaussian_reference(image[None].double(), 1.5)[0].float())
     assert (seen[0] - expected).abs().max() <= 1e-5
     assert (seen[0] - px).abs().max() > 0.1
 

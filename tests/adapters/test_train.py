@@ -11,15 +11,6 @@ from adapters.train import TrainSettings, attacked_fare_loss, train_anchor
 from service.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they spin: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def inject(loaded) -> RAdaptModel:
     ip = loaded.processor.image_processor
     return RAdaptModel(loaded.model, ip.image_mean, ip.image_std)

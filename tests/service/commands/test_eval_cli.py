@@ -11,16 +11,6 @@ from adapters.imagefolder import load_pixels
 from adapters.zeroshot import ZeroShotClassifier, class_embeddings, logit_scale_of
 from service.cli import main
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they spin: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 pytestmark = pytest.mark.integration
 
 CLASSES = ["boat", "cat", "green", "tree", "zebra"]  # varied predictions on random tiny-clip images
