@@ -8,7 +8,6 @@ differentiable, so attacks see the filtered model.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,24 +51,38 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.reshape(b, c, h, w)
 
 
-def blur_per_sample(images: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
-    """Blur each sample of ``images: [B, C, H, W]`` with its own sigma (``0`` = untouched).
 
-    Samples that share a sigma are blurred in one call; untouched samples are returned
-    bit-for-bit.
+def blur_radius(sigma: float, height: int, width: int) -> int:
+    """The radius ``gaussian_blur`` uses on an ``H x W`` image (capped for reflect padding)."""
+    return min(kernel_radius(sigma), height - 1, width - 1)
+
+
+def fold_blur_into_weight(weight: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """Patch-embedding weights that blur first: ``[O, C, P, P] -> [O, C, P + 2r, P + 2r]``.
+
+    ``conv(blur(x), W) == conv(reflect_pad(x, r), W * K)`` for a stride-P patch convolution, where
+    ``W * K`` is the full 2-D convolution of each filter with the Gaussian ``K`` (symmetric, so
+    correlation and convolution agree). Computed in float64, returned in ``weight``'s dtype.
     """
-    if len(sigmas) != images.shape[0]:
-        raise ValueError(f"{len(sigmas)} sigmas for a batch of {images.shape[0]}")
-    groups: dict[float, list[int]] = {}
-    for i, s in enumerate(sigmas):
-        if s > 0:
-            groups.setdefault(float(s), []).append(i)
-    if not groups:
-        return images
-    if len(groups) == 1 and len(next(iter(groups.values()))) == images.shape[0]:
-        return gaussian_blur(images, next(iter(groups)))
-    out = images.clone()
-    for s, idx in groups.items():
-        index = torch.tensor(idx, device=images.device)
-        out = out.index_copy(0, index, gaussian_blur(images.index_select(0, index), s))
-    return out
+    o, c, ph, pw = weight.shape
+    k1 = gaussian_kernel1d(sigma, radius, dtype=torch.float64, device=weight.device)
+    k2 = torch.outer(k1, k1)[None, None]
+    w = weight.detach().to(torch.float64).reshape(o * c, 1, ph, pw)
+    w = F.pad(w, (2 * radius,) * 4)
+    return F.conv2d(w, k2).reshape(o, c, ph + 2 * radius, pw + 2 * radius).to(weight.dtype)
+
+
+def blurred_patch_conv(images: torch.Tensor, conv: torch.nn.Conv2d, sigma: float,
+                       folded: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv(gaussian_blur(images, sigma))`` for a patch embedding (kernel == stride), in one conv.
+
+    ``images: [B, C, H, W]``; ``folded`` is ``fold_blur_into_weight(conv.weight, ...)`` when the
+    caller caches it. The blur costs nothing extra but the wider kernel (P + 2r instead of P).
+    """
+    radius = blur_radius(sigma, images.shape[-2], images.shape[-1])
+    if radius <= 0:
+        return conv(images)
+    if folded is None:
+        folded = fold_blur_into_weight(conv.weight, sigma, radius)
+    padded = F.pad(images, (radius,) * 4, mode="reflect")
+    return F.conv2d(padded, folded, conv.bias, stride=conv.stride)

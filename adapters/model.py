@@ -47,7 +47,7 @@ class FilteredInput(_Wrapper):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if self._state.any_filter:
-            x = self._family.apply_filter(x, self._state)
+            return self._family.filtered_forward(self.base_layer, x, args, kwargs, self._state)
         return self.base_layer(x, *args, **kwargs)
 
 

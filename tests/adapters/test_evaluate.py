@@ -62,15 +62,16 @@ def test_evaluation_attacks_the_defended_forward_pass(fresh_clip, monkeypatch):
     family = rmodel.family
     seen = {"filter": 0, "anchor": 0}
 
-    def spy(kind, fn):
-        def wrapped(t, state):
+    def spy(kind, fn, tensor_arg):
+        def wrapped(*args):
+            t = args[tensor_arg]
             if torch.is_grad_enabled() and t.requires_grad:
                 seen[kind] += 1
-            return fn(t, state)
+            return fn(*args)
         return wrapped
 
-    monkeypatch.setattr(family, "apply_filter", spy("filter", family.apply_filter))
-    monkeypatch.setattr(family, "apply_anchor", spy("anchor", family.apply_anchor))
+    monkeypatch.setattr(family, "filtered_forward", spy("filter", family.filtered_forward, 1))
+    monkeypatch.setattr(family, "apply_anchor", spy("anchor", family.apply_anchor, 0))
     evaluate(rmodel, text, scale, x, y, [EvalConfig("standard")], eps=[8], attacks=["pgd"], steps=3,
              progress=False)
     assert seen == {"filter": 0, "anchor": 0}  # standard mode: neither runs

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from adapters.lowpass import blur_per_sample, gaussian_blur, gaussian_kernel1d, kernel_radius
+from adapters.lowpass import gaussian_blur, gaussian_kernel1d, kernel_radius
 from tests.helpers import gaussian_reference
 
 pytestmark = pytest.mark.unit
@@ -17,6 +17,9 @@ def test_filter_equals_explicit_2d_gaussian(sigma):
     got = gaussian_blur(x, sigma)
     assert torch.allclose(got, gaussian_reference(x, sigma), atol=1e-12)
     assert not torch.allclose(got, x)  # it really filters
+    x.requires_grad_(True)
+    gaussian_blur(x, sigma).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # differentiable
 
 
 def test_kernel_size_and_normalisation():
@@ -46,23 +49,6 @@ def test_commutes_with_per_channel_normalisation():
     assert torch.allclose(a, b, atol=1e-12)
 
 
-def test_per_sample_sigmas_leave_unfiltered_samples_bit_exact():
-    torch.manual_seed(2)
-    x = torch.rand(4, 3, 16, 16)
-    y = blur_per_sample(x, [0.0, 1.0, 2.0, 1.0])
-    assert torch.equal(y[0], x[0])
-    assert torch.allclose(y[1], gaussian_blur(x[1:2], 1.0)[0])
-    assert torch.allclose(y[2], gaussian_blur(x[2:3], 2.0)[0])
-    assert torch.allclose(y[3], gaussian_blur(x[3:4], 1.0)[0])
-    assert torch.equal(blur_per_sample(x, [0, 0, 0, 0]), x)
-    with pytest.raises(ValueError):
-        blur_per_sample(x, [1.0])
-
-
-def test_filter_is_differentiable():
-    x = torch.rand(2, 3, 16, 16, requires_grad=True)
-    blur_per_sample(x, [1.0, 0.0]).square().sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_small_images_cap_the_radius():
@@ -70,3 +56,19 @@ def test_small_images_cap_the_radius():
     y = gaussian_blur(x, 5.0)  # radius 15 > 3: capped, still a weighted average
     assert y.shape == x.shape and torch.isfinite(y).all()
     assert y.min() >= x.min() - 1e-6 and y.max() <= x.max() + 1e-6
+
+
+@pytest.mark.parametrize("sigma, size", [(1.0, 32), (2.0, 24), (5.0, 8)])  # the last caps the radius
+def test_blur_folded_into_the_patch_conv_equals_blur_then_conv(sigma, size):
+    from adapters.lowpass import blurred_patch_conv
+
+    torch.manual_seed(4)
+    conv = torch.nn.Conv2d(3, 5, kernel_size=4, stride=4, bias=True).double()
+    x = torch.rand(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+    got = blurred_patch_conv(x, conv, sigma)
+    want = conv(gaussian_reference(x, sigma) if kernel_radius(sigma) < size else gaussian_blur(x, sigma))
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-10)
+    assert not torch.allclose(got, conv(x), atol=1e-3)
+    got.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
