@@ -1,0 +1,73 @@
+"""``radapt bench``: drive a real ``radapt serve`` over HTTP and write bench/RESULTS.md plus JSON.
+
+    radapt bench                 # full run: ViT-B/32 (random weights), float32 and bfloat16, the peer
+    radapt bench --quick         # under a minute: builtin:tiny-clip, float32, no peer
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark the server (latency, throughput, robust-mode cost, a peer)")
+    p.add_argument("--quick", action="store_true", help="tiny model, short points, no peer (under a minute)")
+    p.add_argument("--model", help="model to serve (default builtin:clip-vit-b32-random; quick: builtin:tiny-clip)")
+    p.add_argument("--dtype", action="append", dest="dtypes", choices=["float32", "bfloat16", "float16"],
+                   help="dtype to measure (repeatable; default float32 and bfloat16)")
+    p.add_argument("--device", help="device of the server and the limit (default cpu; e.g. cuda)")
+    p.add_argument("--batch-size", type=int, help="server, peer and limit batch size (default 16)")
+    p.add_argument("--concurrency", action="append", type=int, dest="concurrencies",
+                   help="client concurrency (repeatable; default 1 4 16 64)")
+    p.add_argument("--point-seconds", type=float, help="seconds per load point (default 8)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per comparison (default 2)")
+    p.add_argument("--no-peer", action="store_true", help="skip infinity-emb")
+    p.add_argument("--out", help="folder for RESULTS.md and results.json (default bench/); with --quick also "
+                   "its scratch files (default bench/out/quick)")
+    p.add_argument("--note", action="append", dest="notes", default=[], help="a line to add to RESULTS.md")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from dataclasses import replace
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the log
+
+    from bench.run import BenchConfig, quick_config, run_bench
+    from bench.server import ServerError
+
+    out = Path(args.out) if args.out else None
+    cfg = quick_config(out) if args.quick else BenchConfig()
+    changes: dict[str, object] = {}
+    for key in ("model", "device", "batch_size", "rounds"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    if args.dtypes:
+        changes["dtypes"] = tuple(args.dtypes)
+    if args.concurrencies:
+        if min(args.concurrencies) < 1:
+            print("error: --concurrency must be >= 1", file=sys.stderr)
+            return 2
+        changes["concurrencies"] = tuple(sorted(set(args.concurrencies)))
+    if args.point_seconds is not None:
+        changes["point_s"] = args.point_seconds
+    if args.no_peer:
+        changes["peer"] = False
+    if out is not None and not args.quick:  # quick keeps everything (scratch too) under --out
+        changes.update(results_md=out / "RESULTS.md", results_json=out / "results.json")
+    changes["notes"] = tuple(args.notes)
+    cfg = replace(cfg, **changes)
+    try:
+        results = run_bench(cfg)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {cfg.results_md} and {cfg.results_json}")
+    for dtype, s in results["summary"].items():
+        missed = [k for k, t in s["targets"].items() if t["met"] is False]
+        print(f"{dtype}: serving/limit {s['ratios']['serving_vs_limit']}, "
+              f"targets missed: {', '.join(missed) or 'none'}")
+    return 0
