@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from service.engine.generation import Pending, start_generation
 from service.engine.tasks import TaskResult
 from service.errors import PayloadTooLarge, ServiceError
-from service.routes.deps import engine_of, json_response, require_api_key, settings_of, unless_disconnected
+from service.routes.deps import engine_of, generation_result, json_response, require_api_key, settings_of
 from service.schemas.chat import ChatRequest
 
 router = APIRouter(tags=["generation"], dependencies=[Depends(require_api_key)])
@@ -35,11 +35,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_events(pending, cid, created, usage), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})
-    try:
-        result = await unless_disconnected(request, pending.result())
-    except BaseException:
-        pending.cancel()
-        raise
+    result = await generation_result(request, pending)
     gen = result.value
     return json_response({
         "id": cid, "object": "chat.completion", "created": created, "model": result.model,

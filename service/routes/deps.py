@@ -73,6 +73,15 @@ def json_response(body: Any, result: TaskResult | None = None, status: int = 200
                     media_type="application/json", headers=headers)
 
 
+async def generation_result(request: Request, pending: Any) -> Any:
+    """The result of a started generation; a client that goes away (or any failure) cancels it."""
+    try:
+        return await unless_disconnected(request, pending.result())
+    except BaseException:
+        pending.cancel()
+        raise
+
+
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Run ``work``; if the client goes away first, cancel it (its queued items are then skipped)
     and raise ClientClosed."""

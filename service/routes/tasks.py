@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from service.engine.generation import CAPTION_PROMPT, image_prompt, start_generation
 from service.errors import PayloadTooLarge
-from service.routes.deps import engine_of, json_response, require_api_key, settings_of, unless_disconnected
+from service.routes.deps import engine_of, generation_result, json_response, require_api_key, settings_of
 from service.schemas.chat import CaptionRequest, Sampled, TextResponse, VqaRequest
 
 router = APIRouter(tags=["generation"], dependencies=[Depends(require_api_key)])
@@ -30,11 +30,7 @@ async def _run(request: Request, task: str, body: Sampled, image: str, text: str
     pending = await start_generation(engine_of(request), task, image_prompt(image, text), body.max_tokens,
                                      body.temperature, body.top_p, (), body.robust, body.adapter, model,
                                      limits=request.app.state.limits)
-    try:
-        result = await unless_disconnected(request, pending.result())
-    except BaseException:
-        pending.cancel()
-        raise
+    result = await generation_result(request, pending)
     gen = result.value
     return json_response({"model": result.model, "robust": result.robust, "adapter": result.adapter,
                           "text": gen.text, "finish_reason": gen.finish_reason,
