@@ -89,6 +89,12 @@ class RAdaptModel:
         self.family.install_hooks(self.state)
         self.fingerprint = self.family.fingerprint()
 
+    @classmethod
+    def from_loaded(cls, loaded: Any) -> "RAdaptModel":
+        """Inject into a ``LoadedModel``, normalising as its image processor does."""
+        ip = getattr(loaded.processor, "image_processor", None)
+        return cls(loaded.model, getattr(ip, "image_mean", None), getattr(ip, "image_std", None))
+
     @contextlib.contextmanager
     def control(self, samples: Sequence[Adapter | None] | None) -> Iterator[None]:
         """Run the forwards inside with one adapter (or None = standard mode) per image."""

@@ -35,7 +35,7 @@ class Limit:
         self.batch_size = batch_size
         self.model = loaded.model
         self.pixels = px.to(loaded.device, loaded.dtype)
-        self.rmodel = RAdaptModel(loaded.model, ip.image_mean, ip.image_std)
+        self.rmodel = RAdaptModel.from_loaded(loaded)
         adapter = white_adapter(self.rmodel).to(loaded.device, loaded.dtype)
         self.robust_samples = [adapter] * batch_size
         self.done = {"standard": [0, 0.0, 0.0], "robust": [0, 0.0, 0.0]}  # mode -> [images, seconds, cpu s]

@@ -30,8 +30,7 @@ def write_adapter_files(model: str, folder: Path, n: int) -> list[Path]:
     from adapters.model import RAdaptModel
 
     loaded = load_model(model, device="cpu", dtype="float32")
-    ip = loaded.processor.image_processor
-    rmodel = RAdaptModel(loaded.model, ip.image_mean, ip.image_std)
+    rmodel = RAdaptModel.from_loaded(loaded)
     folder.mkdir(parents=True, exist_ok=True)
     base = white_adapter(rmodel)
     out = []

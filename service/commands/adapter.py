@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adapters.loading import LoadedModel
+    from adapters.model import RAdaptModel
 
 METHODS = ("white", "guided", "data")
 
@@ -41,10 +46,11 @@ def run_build(args: argparse.Namespace) -> int:
     from adapters.acquire import guided_adapter, white_adapter
     from adapters.config import AdapterError
     from adapters.loading import ModelLoadError, load_model
+    from adapters.model import RAdaptModel
 
     try:
         served = load_model(args.model, device=args.device, dtype="float32")
-        rmodel = rmodel_for(served)
+        rmodel = RAdaptModel.from_loaded(served)
         if args.method == "white":
             adapter = white_adapter(rmodel, args.sigma, args.alpha, source=f"white:{args.model}")
         elif args.method == "guided":
@@ -69,15 +75,7 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def rmodel_for(loaded: object) -> "object":
-    """RAdaptModel for a LoadedModel, with the normalisation of its image processor."""
-    from adapters.model import RAdaptModel
-
-    ip = getattr(loaded.processor, "image_processor", None)
-    return RAdaptModel(loaded.model, getattr(ip, "image_mean", None), getattr(ip, "image_std", None))
-
-
-def robust_rmodel(name: str, served: object, device: str) -> "object":
+def robust_rmodel(name: str, served: LoadedModel, device: str) -> RAdaptModel:
     """The robust model for a guided anchor: a transformers model, or an open_clip safetensors file."""
     from adapters import openclip
     from adapters.config import AdapterMismatchError
@@ -86,7 +84,7 @@ def robust_rmodel(name: str, served: object, device: str) -> "object":
 
     checkpoint = openclip.find_checkpoint(name)
     if checkpoint is None:
-        return rmodel_for(load_model(name, device=device, dtype="float32"))
+        return RAdaptModel.from_loaded(load_model(name, device=device, dtype="float32"))
     if served.family not in ("clip", "llava"):
         raise AdapterMismatchError(f"open_clip checkpoints hold CLIP towers; {served.name} is {served.family}")
     vision_config = served.model.config.vision_config

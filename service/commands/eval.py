@@ -115,9 +115,9 @@ def _run(args: argparse.Namespace) -> int:
     from adapters.evaluate import EvalConfig, evaluate, sweep_configs
     from adapters.imagefolder import ImageFolder, load_pixels
     from adapters.loading import load_model
+    from adapters.model import RAdaptModel
     from adapters.report import markdown_table, write_reports
     from adapters.zeroshot import class_embeddings, logit_scale_of
-    from service.commands.adapter import rmodel_for
 
     eps, attacks = parse_floats(args.eps, "--eps"), parse_attacks(args.attack)
     if any(e < 0 for e in eps):
@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     if loaded.family != "clip":
         raise UsageError(f"radapt eval classifies zero-shot and needs a CLIP model; {args.model} is "
                          f"{loaded.family}")
-    rmodel = rmodel_for(loaded)
+    rmodel = RAdaptModel.from_loaded(loaded)
     for _, adapter in adapters:
         adapter.config.fingerprint.check_fits(rmodel.fingerprint)
     white = white_adapter(rmodel, source=f"white:{args.model}")

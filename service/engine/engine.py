@@ -104,8 +104,7 @@ class Engine:
     def _load(self, name: str) -> ServedModel:
         start = time.monotonic()
         loaded = self._loader(name, device=self.settings.device, dtype=self.settings.dtype)
-        ip = getattr(loaded.processor, "image_processor", None)
-        rmodel = RAdaptModel(loaded.model, getattr(ip, "image_mean", None), getattr(ip, "image_std", None))
+        rmodel = RAdaptModel.from_loaded(loaded)
         store = AdapterStore(name, rmodel.fingerprint, loaded.device, loaded.dtype, self.metrics)
         store.put(DEFAULT, white_adapter(rmodel, self.settings.sigma, self.settings.alpha, source=f"white:{name}"))
         runner = make_runner(loaded, rmodel, self.settings)
