@@ -112,6 +112,7 @@ class GenerationScheduler:
         self._abort: ServiceError | None = None
         self._thread: threading.Thread | None = None
         self.busy_since: float | None = None
+        self.steps = 0  # decode steps run (tests and diagnostics)
         self._outbox: list[tuple[GenerationRequest, str | None, Any]] = []
         m = metrics
         self._depth = m.queue_depth.labels(model=model)
@@ -301,6 +302,7 @@ class GenerationScheduler:
             scores = self._decode_one_by_one(tokens)
             if scores is None:
                 return
+        self.steps += 1
         self._step_hist.observe(time.monotonic() - start)
         self._rows_hist.observe(len(self._rows))
         plain = [i for i, row in enumerate(self._rows) if row.sampler.plain_greedy]
