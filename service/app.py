@@ -92,6 +92,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()  # `radapt serve` starts the drain on it from SIGTERM
         task = None
         if owns_engine:
             task = asyncio.create_task(_start(engine, on_fatal))

@@ -61,6 +61,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{model}")
         self._task: asyncio.Task | None = None
         self.busy_since: float | None = None  # loop time when the running forward started
+        self._running: list[WorkItem] = []  # the batch in the forward now
         self._depth = metrics.queue_depth.labels(model=model)
         self._queue_hist = metrics.queue_duration.labels(model=model)
         self._infer_hist = metrics.inference_duration.labels(model=model)
@@ -84,6 +85,14 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(NotReady("server is shutting down"))
         self._executor.shutdown(wait=True)
+
+    def abort_all(self, error: ServiceError) -> None:
+        """Fail every queued item and the batch in the forward with ``error`` (end of a drain)."""
+        for item in [*self._items, *self._running]:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._items.clear()
+        self._depth.set(0)
 
     @property
     def alive(self) -> bool:
@@ -190,11 +199,11 @@ class Batcher:
         for item in batch:
             self._queue_hist.observe(start - item.enqueued)
         snapshot = self._snapshot()  # one adapter view for the whole batch
-        self.busy_since = start
+        self.busy_since, self._running = start, batch
         try:
             results = await loop.run_in_executor(self._executor, self._run_isolated, batch, snapshot)
         finally:
-            self.busy_since = None
+            self.busy_since, self._running = None, []
         elapsed = time.monotonic() - start
         self._infer_hist.observe(elapsed)
         self._batch_hist.observe(len(batch))

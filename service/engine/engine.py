@@ -94,7 +94,7 @@ class Engine:
         if left:
             log.warning("drain grace over: %d calls still in flight get 503", left)
             for served in self.models.values():
-                served.worker.abort_all(NotReady("server is shutting down"))
+                served.worker.abort_all(NotReady("server is shutting down", "shutting_down"))
 
     async def _wait_idle(self) -> None:
         while sum(self._in_flight.values()):
