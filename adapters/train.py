@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from adapters.anchor import Adapter
+from adapters.anchor import Adapter, blend
 from adapters.attacks import pgd
 from adapters.config import DEFAULT_ALPHA, DEFAULT_SIGMA, AdapterConfig, AdapterError
 from adapters.model import RAdaptModel
@@ -169,16 +169,15 @@ def _trainable_blend(rmodel: RAdaptModel, live: Adapter, anchor: torch.Tensor,
         return
     parent, attr = rmodel.family.attention_site()
 
-    def blend(module: torch.nn.Module, args: Any, output: Any) -> Any:
+    def blend_hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
         samples = rmodel.state.samples
         if not samples or samples[0] is not live:
             return None
         a = output[0] if isinstance(output, tuple) else output
-        w = torch.sigmoid(alpha_logit).to(a.dtype)
-        mixed = (1 - w) * a + w * anchor.to(a.dtype)
+        mixed = blend(a, anchor, torch.sigmoid(alpha_logit))
         return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
-    handle = getattr(parent, attr).register_forward_hook(blend)
+    handle = getattr(parent, attr).register_forward_hook(blend_hook)
     try:
         yield
     finally:
