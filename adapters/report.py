@@ -25,17 +25,17 @@ def versions() -> dict[str, str]:
     return out
 
 
-def to_json(results: Sequence[ConfigResult], settings: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "settings": settings,
-        "versions": versions(),
-        "configurations": [
-            {**r.config.describe(), "n": r.n, "seconds": r.seconds, "clean": r.clean,
-             "robust": {f"{e:g}": v for e, v in r.robust.items()},
-             "after_attack": {f"{e:g}": v for e, v in r.after_attack.items()}}
-            for r in results
-        ],
-    }
+def to_json(results: Sequence[ConfigResult | LvlmResult], settings: dict[str, Any]) -> dict[str, Any]:
+    return {"settings": settings, "versions": versions(), "configurations": [_result_json(r) for r in results]}
+
+
+def _result_json(r: ConfigResult | LvlmResult) -> dict[str, Any]:
+    out = {**r.config.describe(), "n": r.n, "seconds": r.seconds, "clean": r.clean,
+           "robust": {f"{e:g}": v for e, v in r.robust.items()}}
+    if isinstance(r, LvlmResult):
+        return out | {"clean_loss": r.clean_loss,
+                      "attacked_loss": {f"{e:g}": v for e, v in r.attacked_loss.items()}}
+    return out | {"after_attack": {f"{e:g}": v for e, v in r.after_attack.items()}}
 
 
 def markdown_table(results: Sequence[ConfigResult | LvlmResult], attacks: Sequence[str],
@@ -116,26 +116,13 @@ def write_reports(results: Sequence[ConfigResult], settings: dict[str, Any], out
     return files
 
 
-def lvlm_to_json(results: Sequence[LvlmResult], settings: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "settings": settings,
-        "versions": versions(),
-        "configurations": [
-            {**r.config.describe(), "n": r.n, "seconds": r.seconds, "clean": r.clean,
-             "robust": {f"{e:g}": v for e, v in r.robust.items()}, "clean_loss": r.clean_loss,
-             "attacked_loss": {f"{e:g}": v for e, v in r.attacked_loss.items()}}
-            for r in results
-        ],
-    }
-
-
 def write_lvlm_reports(results: Sequence[LvlmResult], settings: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write results.json, predictions.json, results.md and score.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     task = settings["task"]
     files = {"json": out / "results.json", "predictions": out / "predictions.json",
              "markdown": out / "results.md", "plot": out / "score.png"}
-    files["json"].write_text(json.dumps(lvlm_to_json(results, settings), indent=2) + "\n")
+    files["json"].write_text(json.dumps(to_json(results, settings), indent=2) + "\n")
     predictions = {r.config.name: r.predictions for r in results}
     files["predictions"].write_text(json.dumps(predictions, indent=2) + "\n")
     files["markdown"].write_text(markdown_table(results, settings.get("attacks", []), task))

@@ -135,8 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from adapters import load_adapter
-    from adapters.acquire import white_adapter
-    from adapters.evaluate import EvalConfig, evaluate, sweep_configs
+    from adapters.evaluate import comparison_configs, evaluate, sweep_configs
     from adapters.imagefolder import ImageFolder, load_pixels
     from adapters.loading import load_model
     from adapters.model import RAdaptModel
@@ -162,12 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"radapt eval classifies zero-shot and needs a CLIP model; {args.model} is "
                          f"{loaded.family}")
     rmodel = RAdaptModel.from_loaded(loaded)
-    for _, adapter in adapters:
-        adapter.config.fingerprint.check_fits(rmodel.fingerprint)
-    white = white_adapter(rmodel, source=f"white:{args.model}")
-    configs = [EvalConfig("standard", None),
-               EvalConfig(f"white sigma={white.config.sigma:g} alpha={white.config.alpha:g}", white)]
-    configs += [EvalConfig(f"{name} ({a.config.method})", a) for name, a in adapters]
+    white, configs = comparison_configs(rmodel, adapters, source=f"white:{args.model}")
     sweep = [] if grid is None else sweep_configs(white, grid["sigma"], grid["alpha"])
 
     picked = dataset.subset(args.n, args.seed)

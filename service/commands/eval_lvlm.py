@@ -12,8 +12,7 @@ from service.commands.eval import UsageError, check_extras, parse_attacks, parse
 
 def run_lvlm(args: argparse.Namespace) -> int:
     from adapters import load_adapter
-    from adapters.acquire import white_adapter
-    from adapters.evaluate import EvalConfig, sweep_configs
+    from adapters.evaluate import comparison_configs, sweep_configs
     from adapters.loading import load_model
     from adapters.lvlm_attacks import LvlmTarget
     from adapters.lvlm_eval import evaluate_lvlm, read_dataset
@@ -41,12 +40,7 @@ def run_lvlm(args: argparse.Namespace) -> int:
         raise UsageError(f"--task {args.task} needs a LLaVA or Qwen-VL model; {args.model} is a CLIP model "
                          "(use --task classify)")
     rmodel = RAdaptModel.from_loaded(loaded)
-    for _, adapter in adapters:
-        adapter.config.fingerprint.check_fits(rmodel.fingerprint)
-    white = white_adapter(rmodel, source=f"white:{args.model}")
-    configs = [EvalConfig("standard", None),
-               EvalConfig(f"white sigma={white.config.sigma:g} alpha={white.config.alpha:g}", white)]
-    configs += [EvalConfig(f"{name} ({a.config.method})", a) for name, a in adapters]
+    white, configs = comparison_configs(rmodel, adapters, source=f"white:{args.model}")
     configs += [] if grid is None else sweep_configs(white, grid["sigma"], grid["alpha"])
     target = LvlmTarget(rmodel, loaded.processor)
     results = evaluate_lvlm(target, items, args.task, configs, eps, attacks, steps=args.steps, seed=args.seed,
