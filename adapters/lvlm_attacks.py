@@ -19,16 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from adapters.anchor import Adapter
 from adapters.attacks import apgd_loss, pgd
 from adapters.model import RAdaptModel
 from adapters.zeroshot import Normalize
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 LVLM_ATTACKS = ("apgd", "pgd")
 
@@ -81,7 +83,7 @@ class LvlmTarget:
         sep = "" if text[-1:].isspace() else " "
         rows = [self.tokenizer(sep + r.strip(), add_special_tokens=False)["input_ids"] + [self.eos]
                 for r in references]
-        return Example(pixels, prompt_inputs, self._forced(prompt_inputs, rows), grid)
+        return Example(pixels, prompt_inputs, self.forced_batch(prompt_inputs, rows), grid)
 
     def _unit_pixels(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int, int] | None]:
         """The processor's resized image in [0, 1], not normalised: ``[1, 3, H, W]`` (and Qwen's grid)."""
@@ -93,8 +95,9 @@ class LvlmTarget:
         frames = self.rmodel.family.unpatchify(pv, grid)  # [t*T, 3, H, W], identical frames for an image
         return frames[:1].clamp(0, 1).to(self.device), grid  # type: ignore[return-value]
 
-    def _forced(self, prompt: dict[str, torch.Tensor], rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Prompt + each reference, right-padded: ``[R, L]`` tensors with ``labels``."""
+    def forced_batch(self, prompt: dict[str, torch.Tensor], rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """The prompt (batch 1) followed by each reference's token ids (``rows``), right-padded:
+        ``[R, L]`` tensors with ``labels`` (-100 outside the references)."""
         ids = prompt["input_ids"][0]
         n, width = len(rows), ids.shape[0] + max(len(r) for r in rows)
         out = {"input_ids": torch.full((n, width), self.pad, dtype=ids.dtype),
