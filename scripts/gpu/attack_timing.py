@@ -126,7 +126,12 @@ def main() -> None:
             for mode, adapter in (("standard", None), ("robust", w)):
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                step = time_steps(target, ex, adapter, args.steps)
+                try:
+                    step = time_steps(target, ex, adapter, args.steps)
+                except torch.OutOfMemoryError:
+                    print(f"{dtype} refs={refs} {mode}: out of memory")
+                    torch.cuda.empty_cache()
+                    continue
                 peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
                 key = (str(dtype).replace("torch.", ""), refs, mode)
                 results[key] = step
@@ -155,6 +160,8 @@ def main() -> None:
         else:
             print("pyautoattack not installed: APGD not timed (its iteration costs one PGD step)")
     for dt in ("bfloat16", "float32"):
+        if (dt, 5, "robust") not in results:
+            continue
         step, g = results[(dt, 5, "robust")], results[(dt, 0, "generate")]
         # per image and configuration: clean generation + clean loss, then per eps (2, 4): 100 steps,
         # the attacked loss and the attacked generation (a forward counted as a step: an upper bound)
