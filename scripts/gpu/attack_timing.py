@@ -1,5 +1,7 @@
 """Time the end-to-end LVLM attack of ``radapt eval --task caption|vqa`` on LLaVA-1.5-7B's architecture.
 
+(``--size 13b``: LLaVA-1.5-13B's, the largest LLaVA-1.5 that fits one H100 in bf16.)
+
 Self-contained: builds ``LlavaForConditionalGeneration`` with LLaVA-1.5-7B's configuration
 (CLIP ViT-L/14 at 336 px, 576 image tokens, Llama-2-7B: 32 layers, width 4096, vocab 32064) and
 RANDOM weights directly on the GPU (no download), injects R-Adapt, and times through the
@@ -13,7 +15,8 @@ project's own code (``adapters.lvlm_attacks.LvlmTarget.loss`` + ``adapters.attac
 and prints the estimate for a 100-step attack and for the paper-style comparison.
 Random weights give the same cost as real ones. Runs in about a minute on one H100.
 
-    python scripts/gpu/attack_timing.py            # from the repository root
+    python scripts/gpu/attack_timing.py            # from the repository root, ~1 min on an H100
+    python scripts/gpu/attack_timing.py --size 13b --dtypes bfloat16
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ from adapters.model import RAdaptModel  # noqa: E402
 IMAGE_TOKEN = 32000
 
 
-def llava_15_7b(tiny: bool) -> object:
+# LLaVA-1.5's language models: (width, MLP width, layers, heads)
+SIZES = {"7b": (4096, 11008, 32, 32), "13b": (5120, 13824, 40, 40)}
+
+
+def llava_15(size: str, tiny: bool) -> object:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     if tiny:  # a CPU smoke test of this script
@@ -48,8 +55,9 @@ def llava_15_7b(tiny: bool) -> object:
         vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                   num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
                                   hidden_act="quick_gelu")
-        text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                           num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+        width, mlp, layers, heads = SIZES[size]
+        text = LlamaConfig(vocab_size=32064, hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers,
+                           num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
                            rms_norm_eps=1e-5)
     text.pad_token_id, text.bos_token_id, text.eos_token_id = 0, 1, 2
     tokens = (vision.image_size // vision.patch_size) ** 2
@@ -90,13 +98,15 @@ def time_steps(target: LvlmTarget, ex: Example, adapter: object, steps: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed attack steps per setting (default 5)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="7b", help="LLaVA-1.5-7B (default) or -13B")
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="comma separated (default bfloat16,float32)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test with a tiny configuration")
     args = parser.parse_args()
     import transformers
     from transformers import LlavaForConditionalGeneration
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    config, image_tokens = llava_15_7b(args.tiny)
+    config, image_tokens = llava_15(args.size, args.tiny)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, device "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
     t = time.perf_counter()
@@ -108,7 +118,7 @@ def main() -> None:
     torch.set_default_dtype(previous)
     sync()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"built LLaVA-1.5-7B architecture, random weights: {n_params / 1e9:.2f} B parameters, "
+    print(f"built LLaVA-1.5-{args.size.upper()} architecture, random weights: {n_params / 1e9:.2f} B parameters, "
           f"{time.perf_counter() - t:.1f} s")
     rmodel = RAdaptModel(model)  # OpenAI CLIP mean/std, as LLaVA-1.5's processor
     with torch.no_grad():
@@ -117,7 +127,7 @@ def main() -> None:
     side = config.vision_config.image_size
     gen = torch.Generator().manual_seed(0)
     results: dict[tuple[str, int, str], float] = {}
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in (getattr(torch, d.strip()) for d in args.dtypes.split(",")):
         model.to(dtype)
         target = LvlmTarget(rmodel, stub)
         w = white.to(device)
@@ -159,7 +169,7 @@ def main() -> None:
             print(f"{name:8s} APGD (pyautoattack) refs=5 robust: {1000 * per:7.1f} ms/iteration")
         else:
             print("pyautoattack not installed: APGD not timed (its iteration costs one PGD step)")
-    for dt in ("bfloat16", "float32"):
+    for dt in (d.strip() for d in args.dtypes.split(",")):
         if (dt, 5, "robust") not in results:
             continue
         step, g = results[(dt, 5, "robust")], results[(dt, 0, "generate")]

@@ -45,6 +45,16 @@ def test_pixels_in_unit_range_normalise_to_the_processors_input(target):
         assert target.tokenizer.decode(tokens, skip_special_tokens=True).strip() == ref
 
 
+def test_loss_is_the_models_own_language_model_loss_of_the_reference(target):
+    ex = target.example(photo(4), "Describe the image.", REFS[:1])
+    forced = dict(ex.forced)
+    with torch.no_grad():
+        with target.rmodel.control([None]):
+            expected = target.model(**forced, pixel_values=target.pixel_values(ex.image, ex, 1)).loss
+        got = target.loss(ex.image, ex, None)
+    torch.testing.assert_close(got, expected.reshape(1), rtol=1e-5, atol=1e-5)
+
+
 def test_attack_raises_the_reference_loss_well_above_clean(target):
     ex = target.example(photo(1), "Describe the image.", REFS)
     with torch.no_grad():
