@@ -97,7 +97,7 @@ def time_steps(target: LvlmTarget, ex: Example, adapter: object, steps: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed attack steps per setting (default 5)")
+    parser.add_argument("--steps", type=int, default=3, help="timed attack steps per setting (default 3)")
     parser.add_argument("--size", choices=sorted(SIZES), default="7b", help="LLaVA-1.5-7B (default) or -13B")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma separated (default bfloat16,float32)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test with a tiny configuration")
