@@ -15,7 +15,7 @@ def run_lvlm(args: argparse.Namespace) -> int:
     from adapters.evaluate import comparison_configs, sweep_configs
     from adapters.loading import load_model
     from adapters.lvlm_attacks import LvlmTarget
-    from adapters.lvlm_eval import evaluate_lvlm, read_dataset
+    from adapters.lvlm_eval import CAPTION_PROMPT, MAX_NEW_TOKENS, VQA_PROMPT, evaluate_lvlm, read_dataset
     from adapters.model import RAdaptModel
     from adapters.report import markdown_table, write_lvlm_reports
 
@@ -50,7 +50,8 @@ def run_lvlm(args: argparse.Namespace) -> int:
         "task": args.task, "model": args.model, "model_path": loaded.path, "device": str(loaded.device),
         "dtype": args.dtype, "dataset": str(Path(args.dataset).resolve()), "n": len(items), "eps": eps,
         "eps_units": "1/255", "attacks": attacks, "steps": args.steps, "seed": args.seed,
-        "max_new_tokens": args.max_new_tokens, "prompt": args.prompt, "max_refs": args.max_refs,
+        "max_new_tokens": args.max_new_tokens or MAX_NEW_TOKENS[args.task],
+        "prompt": args.prompt or (CAPTION_PROMPT if args.task == "caption" else VQA_PROMPT), "max_refs": args.max_refs,
         "adapters": list(args.adapter), "sweep": grid, "seconds": round(time.time() - started, 3),
     }
     files = write_lvlm_reports(results, settings, Path(args.out))
