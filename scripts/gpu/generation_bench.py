@@ -163,4 +163,11 @@ if __name__ == "__main__":
     p.add_argument("--samples", type=int, default=3, help="head-of-line samples")
     p.add_argument("--long-tokens", type=int, default=400)
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU (smoke test of this script)")
-    print(json.dumps(asyncio.run(main(p.parse_args())), indent=2), flush=True)
+    p.add_argument("--switch-interval", type=float, default=0.0005,
+                   help="sys.setswitchinterval (seconds) before serving; radapt serve's default is 0.0005")
+    args = p.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
+    result = asyncio.run(main(args))
+    result["switch_interval_s"] = sys.getswitchinterval()
+    print(json.dumps(result, indent=2), flush=True)
