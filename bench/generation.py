@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench import machine
+from bench import machine, promscrape
 from bench.images import data_uri, make_images
 from bench.loadgen import Request, run_load
 from bench.server import ServerProcess
@@ -117,9 +117,7 @@ async def load_point(srv: ServerProcess, requests: list[Request], clients: int, 
 
 async def _generated(srv: ServerProcess) -> int:
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as http:
-        text = (await http.get("/metrics")).text
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("radapt_generated_tokens_total{")))
+        return int(promscrape.total(await promscrape.scrape(http), "radapt_generated_tokens_total"))
 
 
 async def _sample_rss(srv: ServerProcess, out: list[int]) -> None:
