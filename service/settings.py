@@ -82,9 +82,11 @@ class Settings(BaseSettings):
     adapters: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra adapters at start, NAME=FILE (attached to the first model they fit)")
     adapter_dir: Path | None = Field(None, description="folder POST /v1/adapters may load adapter files from")
-    sigma: float | None = Field(None, ge=0.0, le=16.0, description="filter sigma of the default adapter (pixels)")
+    sigma: float | None = Field(None, ge=0.0, le=8.0, description="filter sigma of the default adapter (pixels)")
     alpha: float | None = Field(None, ge=0.0, le=1.0, description="anchor weight of the default adapter")
     default_robust: bool = Field(False, description="what a request that does not say `robust` gets")
+    allow_weight_mismatch: bool = Field(False, description="load adapters whose weight digest differs from the "
+                                        "model's (another checkpoint of the architecture), with a warning")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # network
@@ -107,6 +109,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body")
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=64, description="largest encoded image")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
+    max_image_aspect_ratio: float = Field(50.0, ge=1.0, le=1000.0,
+                                          description="longest image side over its shortest")
     max_labels: int = Field(1000, ge=1, description="labels per classify request")
     max_inputs: int = Field(256, ge=1, description="inputs per embeddings request")
     max_text_chars: int = Field(8192, ge=1, description="longest text input or label")
