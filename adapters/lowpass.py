@@ -64,19 +64,29 @@ def blur_radius(sigma: float, height: int, width: int) -> int:
     return min(kernel_radius(sigma), height - 1, width - 1)
 
 
+FOLD_CHUNK_BYTES = 32 * 1024 * 1024  # float64 scratch per chunk of filters while folding
+
+
 def fold_blur_into_weight(weight: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
     """Patch-embedding weights that blur first: ``[O, C, P, P] -> [O, C, P + 2r, P + 2r]``.
 
     ``conv(blur(x), W) == conv(reflect_pad(x, r), W * K)`` for a stride-P patch convolution, where
     ``W * K`` is the full 2-D convolution of each filter with the Gaussian ``K`` (symmetric, so
-    correlation and convolution agree). Computed in float64, returned in ``weight``'s dtype.
+    correlation and convolution agree). ``K`` is separable, so each of the ``O * C`` filters is
+    convolved with the 1-D taps along one axis, then the other, in float64, a chunk of filters at
+    a time: memory stays near ``FOLD_CHUNK_BYTES`` plus the result, whatever ``sigma``. Returned in
+    ``weight``'s dtype.
     """
     o, c, ph, pw = weight.shape
-    k1 = gaussian_kernel1d(sigma, radius, dtype=torch.float64, device=weight.device)
-    k2 = torch.outer(k1, k1)[None, None]
-    w = weight.detach().to(torch.float64).reshape(o * c, 1, ph, pw)
-    w = F.pad(w, (2 * radius,) * 4)
-    return F.conv2d(w, k2).reshape(o, c, ph + 2 * radius, pw + 2 * radius).to(weight.dtype)
+    taps = gaussian_kernel1d(sigma, radius, dtype=torch.float64).tolist()
+    rows = weight.detach().reshape(o * c, ph, pw)
+    out = torch.empty((o * c, ph + 2 * radius, pw + 2 * radius), dtype=weight.dtype, device=weight.device)
+    chunk = max(1, FOLD_CHUNK_BYTES // (8 * 3 * (ph + 4 * radius) * (pw + 4 * radius)))
+    for start in range(0, o * c, chunk):
+        w = F.pad(rows[start:start + chunk].to(torch.float64), (2 * radius,) * 4)
+        w = _blur_axis(w, taps, pw + 2 * radius, dim=-1)
+        out[start:start + chunk] = _blur_axis(w, taps, ph + 2 * radius, dim=-2).to(weight.dtype)
+    return out.reshape(o, c, ph + 2 * radius, pw + 2 * radius)
 
 
 def blurred_patch_conv(images: torch.Tensor, conv: torch.nn.Conv2d, sigma: float,

@@ -33,7 +33,7 @@ def test_unknown_builtin_and_missing_folder():
 
 
 def test_dtype_resolution():
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu"), frozenset({"avx2"})) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ModelLoadError, match="dtype"):
         resolve_dtype("float8", torch.device("cpu"))
