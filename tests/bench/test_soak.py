@@ -1,4 +1,4 @@
-"""`radapt soak` in the suite: 25 s of a real server at 2x saturation (the recorded run is 10 minutes)."""
+"""`radapt soak` in the suite: 20 s of a real server at 2x saturation (the recorded run is 10 minutes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_short_soak_passes_and_reports_everything(tmp_path):
-    report = run_soak(SoakConfig(duration_s=25, calibrate_s=3, max_rss_growth=0.10, workdir=tmp_path))
+    report = run_soak(SoakConfig(duration_s=20, calibrate_s=2, max_rss_growth=0.10, workdir=tmp_path))
     assert report["passed"], (report["failures"], report["server_log_tail"])
     statuses = {int(s) for s in report["statuses"]}
     assert 200 in statuses and statuses <= {200, 201, 400, 404, 409, 413, 422, 429, 504}
