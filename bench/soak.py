@@ -352,8 +352,8 @@ def report_markdown(report: dict[str, Any], machine: str = "") -> str:
         f"**{'PASSED' if report['passed'] else 'FAILED'}**" + ("" if report["passed"] else
                                                             ": " + "; ".join(report["failures"])), "",
         f"- requests answered: {report['requests']}; statuses: {report['statuses']}",
-        f"- arrivals not sent because {cfg['max_inflight']} requests were already open (the server holds "
-        f"requests it has not admitted yet): {report['skipped_client_cap']}",
+        f"- arrivals not sent because {cfg['max_inflight']} requests were already open (client and server share "
+        f"the CPUs): {report['skipped_client_cap']}",
         f"- client hang-ups mid-request: {report['disconnected']}; transport errors: "
         f"{report['transport_errors'] or 'none'}; bad inputs accepted: {len(report['bad_accepted'])}",
         f"- queue depth max: {report['max_queue_depth']:.0f} (bound {cfg['max_queue']})",
