@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from service.adapters_manager import check_name, parse_bytes, parse_file, resolve_in_dir
@@ -83,7 +84,10 @@ async def delete_adapter(name: str, request: Request, model: str | None = None) 
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[str, str | None, bytes]:
-    form = await request.form(max_files=1, max_fields=4)
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except StarletteHTTPException as exc:  # a malformed multipart body (starlette answers 400)
+        raise BadRequest(f"multipart body cannot be parsed: {exc.detail}", "invalid_upload") from None
     try:
         upload, name, model = form.get("file"), form.get("name"), form.get("model")
         if not isinstance(upload, UploadFile) or not isinstance(name, str) or not name:

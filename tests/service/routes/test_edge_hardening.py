@@ -143,3 +143,11 @@ async def test_upload_of_an_adapter_that_cannot_run_is_refused(client, clip_engi
     resp = await client.post("/v1/classify", json={"image": png(), "labels": ["a"], "adapter": "rows"})
     assert resp.status_code == 404
     await still_serves(client, png)
+
+
+async def test_malformed_multipart_upload_is_invalid_upload(client, png):
+    headers = {"content-type": "multipart/form-data; boundary=xyz"}
+    for body in (b"--xyz\r\nContent-Disposition: form-data\r\n\r\nno name\r\n--xyz--\r\n", b"garbage"):
+        resp = await client.post("/v1/adapters", content=body, headers=headers)
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_upload", resp.text
+    await still_serves(client, png)
