@@ -81,3 +81,24 @@ async def test_upload_built_on_another_checkpoint_is_a_400(client, tiny_clip, pn
     resp = await client.post("/v1/adapters", data={"name": "alien"}, files={"file": ("a", data)})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "adapter_weights_mismatch", resp.text
     assert (await client.post("/v1/classify", json={"image": png(), "labels": ["a"]})).status_code == 200
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio(loop_scope="session")
+async def test_adapters_named_at_start_are_checked_whole(tmp_path, tiny_clip):
+    """`--adapter NAME=FILE` goes through the same checks: a file that cannot run stops the start, clearly."""
+    from adapters import save_adapter
+    from adapters.loading import ModelLoadError
+    from service.engine.engine import Engine
+    from tests.service.conftest import clip_settings
+
+    foreign = other_checkpoint(tiny_clip)
+    save_adapter(foreign.build_adapter(foreign.white_anchor(), method="white"), tmp_path / "alien.safetensors")
+    bad = Adapter(AdapterConfig(fingerprint=foreign.fingerprint), torch.zeros(3, 32))
+    (tmp_path / "rows.safetensors").write_bytes(adapter_to_bytes(bad))
+    for name, needle in (("rows", "rows"), ("alien", "other weights")):
+        engine = Engine(clip_settings(adapters=[f"{name}={tmp_path / (name + '.safetensors')}"], warmup=False))
+        # the parse step raises ModelLoadError; the store's own checks a 400 (radapt serve prints either)
+        with pytest.raises((ModelLoadError, BadRequest), match=needle):
+            await engine.start()
+        await engine.stop()
