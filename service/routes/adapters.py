@@ -87,6 +87,8 @@ async def _read_upload(request: Request, limit: int) -> tuple[str, str | None, b
     try:
         form = await request.form(max_files=1, max_fields=4)
     except StarletteHTTPException as exc:  # a malformed multipart body (starlette answers 400)
+        if exc.status_code != 400:
+            raise  # e.g. the body-size limit's 413
         raise BadRequest(f"multipart body cannot be parsed: {exc.detail}", "invalid_upload") from None
     try:
         upload, name, model = form.get("file"), form.get("name"), form.get("model")

@@ -94,6 +94,15 @@ async def test_chunked_oversize_body_is_payload_too_large(make_client, png):
             resp = await client.post(route, content=chunks(), headers={"content-type": "application/json"})
             assert resp.status_code == 413, (route, resp.text)
             assert resp.json()["error"]["code"] == "payload_too_large", (route, resp.text)
+
+        async def upload():
+            yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+            for _ in range(10):
+                yield b"A" * 1000
+            yield b"\r\n--xyz--\r\n"
+        resp = await client.post("/v1/adapters", content=upload(),
+                                 headers={"content-type": "multipart/form-data; boundary=xyz"})
+        assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large", resp.text
         await still_serves(client, png)
 
 
