@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -125,7 +126,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = adapter.config
+    fingerprint = json.loads(cfg.fingerprint.to_json())
+    if fingerprint.get("weights"):  # a long sketch: show a short, stable handle of it
+        fingerprint["weights"] = "sha256:" + hashlib.sha256(fingerprint["weights"].encode()).hexdigest()[:16]
     print(json.dumps({"method": cfg.method, "sigma": cfg.sigma, "alpha": cfg.alpha, "source": cfg.source,
-                      "fingerprint": json.loads(cfg.fingerprint.to_json()), "extra": cfg.extra,
+                      "fingerprint": fingerprint, "extra": cfg.extra,
                       "anchor_shape": list(adapter.anchor.shape)}, indent=2))
     return 0
