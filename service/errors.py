@@ -109,17 +109,6 @@ def error_response(status: int, message: str, type_: str, code: str,
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def reason_of(exc: BaseException) -> str:
-    """The bounded ``reason`` label of radapt_errors_total for an exception."""
-    if isinstance(exc, ServiceError):
-        return exc.code
-    if isinstance(exc, RequestValidationError):
-        return "validation"
-    if isinstance(exc, StarletteHTTPException):
-        return f"http_{exc.status_code}"
-    return "internal_error"
-
-
 def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):

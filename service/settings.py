@@ -104,9 +104,15 @@ class Settings(BaseSettings):
     preprocess_workers: int = Field(2, ge=1, le=64, description="threads that decode and preprocess images")
     label_cache_size: int = Field(4096, ge=0, description="text embeddings of labels kept (LRU)")
     warmup: bool = Field(True, description="run one batch per task at load before reporting ready")
-    # generation
+    # generation (continuous batching)
     max_new_tokens: int = Field(64, ge=1, le=4096, description="default generation length")
     max_new_tokens_limit: int = Field(512, ge=1, le=32768, description="most tokens a request may ask for")
+    max_running_requests: int = Field(32, ge=1, le=1024,
+                                      description="generations decoding at once per model (rows of one forward)")
+    max_batch_tokens: int = Field(65536, ge=64, description="KV-cache tokens the running generations of a model "
+                                  "may reserve (prompt + max_tokens each); bounds memory per model")
+    shutdown_grace_s: float | None = Field(None, gt=0.0, le=3600.0, description="on SIGTERM, how long in-flight "
+                                           "work may finish before it gets 503 (default: request_timeout_s + 5)")
     # input limits
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body")
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=64, description="largest encoded image")
@@ -170,6 +176,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> "Settings":
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("max_new_tokens exceeds max_new_tokens_limit; raise the limit or lower the default")
+        if self.shutdown_grace_s is None:
+            self.shutdown_grace_s = self.request_timeout_s + 5.0
         if self.max_image_bytes > self.max_body_bytes:
             raise ValueError("max_image_bytes exceeds max_body_bytes; an image that large could never arrive")
         return self

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from typing import Any
+
+import uvicorn
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preprocess-workers", type=int, help=_help("preprocess_workers"))
     p.add_argument("--allow-remote-images", action=argparse.BooleanOptionalAction, default=None,
                    help=_help("allow_remote_images"))
+    p.add_argument("--max-new-tokens", type=int, help=_help("max_new_tokens"))
+    p.add_argument("--max-running-requests", type=int, help=_help("max_running_requests"))
+    p.add_argument("--max-batch-tokens", type=int, help=_help("max_batch_tokens"))
+    p.add_argument("--shutdown-grace-s", type=float,
+                   help="on SIGTERM, seconds in-flight work may take before it gets 503 "
+                        "(default: request timeout + 5)")
     p.set_defaults(func=run)
 
 
@@ -70,12 +79,11 @@ def port_in_use(host: str, port: int) -> str | None:
 
 SETTING_FLAGS = ("models", "adapters", "adapter_dir", "sigma", "alpha", "default_robust", "config_file", "host",
                  "port", "device", "dtype", "max_batch_size", "max_wait_ms", "max_queue", "request_timeout_s",
-                 "preprocess_workers", "allow_remote_images", "allow_weight_mismatch")
+                 "preprocess_workers", "allow_remote_images", "max_new_tokens", "max_running_requests",
+                 "max_batch_tokens", "shutdown_grace_s", "allow_weight_mismatch")
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from service.app import create_app
     from service.settings import SettingsError, load_settings
 
@@ -98,8 +106,28 @@ def run(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
+    grace = float(settings.shutdown_grace_s or 0.0)
+    # uvicorn's own limit comes after ours, so nothing in flight is ever cut off with its plain-text 500
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
-                            timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
+                            timeout_graceful_shutdown=grace + 5.0)
+    server = DrainingServer(config, app, grace)
     server.run()
     return 1 if failure else 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server whose SIGTERM/SIGINT first drains the engine (readiness fails, nothing new is
+    admitted, in-flight work gets ``grace`` seconds, then 503) while uvicorn stops listening."""
+
+    def __init__(self, config: uvicorn.Config, app: Any, grace: float) -> None:
+        super().__init__(config)
+        self.app, self.grace = app, grace
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        first = not self.should_exit
+        super().handle_exit(sig, frame)
+        loop = getattr(self.app.state, "loop", None)
+        if first and loop is not None:  # a signal handler: hand the drain to the event loop
+            engine = self.app.state.engine
+            loop.call_soon_threadsafe(lambda: loop.create_task(engine.drain(self.grace)))
+        self._captured_signals.clear()  # a drained server exits by itself, with status 0
