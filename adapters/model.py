@@ -72,6 +72,36 @@ class _Captured(Exception):
     """Stops a forward once block 0 has been seen."""
 
 
+def capture_block0(state: ControlState, run: Callable[[], Any]) -> torch.Tensor:
+    """Block-0 attention output (before any anchor) of ``run()`` in standard mode, stopping there.
+
+    The one capture mechanism of the package: ``AnchoredAttention`` calls ``state.scratch["capture"]``.
+    Safe inside another forward of the same model (Qwen's per-grid white anchors are computed from
+    a pre-hook): the caller's ``samples`` and ``scratch`` are saved and restored around ``run()``.
+    Returns e.g. ``[B, T, D]`` (CLIP) or ``[N, D]`` (Qwen's packed tokens).
+    """
+    seen: list[torch.Tensor] = []
+
+    def capture(a: torch.Tensor) -> None:
+        seen.append(a)
+        raise _Captured
+
+    saved_samples, saved_scratch = state.samples, dict(state.scratch)
+    state.samples = None
+    state.scratch["capture"] = capture
+    try:
+        run()
+    except _Captured:
+        pass
+    finally:
+        state.samples = saved_samples
+        state.scratch.clear()
+        state.scratch.update(saved_scratch)
+    if not seen:
+        raise AdapterError("the forward never reached block 0's attention")
+    return seen[0]
+
+
 class RAdaptModel:
     """A frozen model with R-Adapt injected. Holds no adapters: callers pass them per forward."""
 
@@ -115,24 +145,7 @@ class RAdaptModel:
 
     def capture_block0(self, run: Callable[[], Any]) -> torch.Tensor:
         """Block-0 attention output of ``run()`` (standard mode), stopping the forward there."""
-        seen: list[torch.Tensor] = []
-
-        def capture(a: torch.Tensor) -> None:
-            seen.append(a)
-            raise _Captured
-
-        previous = self.state.scratch.get("capture")
-        self.state.scratch["capture"] = capture
-        try:
-            with self.control(None):
-                run()
-        except _Captured:
-            pass
-        finally:
-            self.state.scratch["capture"] = previous
-        if not seen:
-            raise AdapterError("the forward never reached block 0's attention")
-        return seen[0]
+        return capture_block0(self.state, run)
 
     @torch.no_grad()
     def white_anchor(self) -> torch.Tensor:

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
                                       description="generations decoding at once per model (rows of one forward)")
     max_batch_tokens: int = Field(65536, ge=64, description="KV-cache tokens the running generations of a model "
                                   "may reserve (prompt + max_tokens each); bounds memory per model")
+    switch_interval_ms: float = Field(0.5, gt=0.0, le=100.0, description="Python's GIL switch interval in the "
+                                      "server process: the model thread runs Python between kernels, and a short "
+                                      "interval lets HTTP and preprocessing threads in without waiting up to 5 ms")
     shutdown_grace_s: float | None = Field(None, gt=0.0, le=3600.0, description="on SIGTERM, how long in-flight "
                                            "work may finish before it gets 503 (default: request_timeout_s + 5)")
     # input limits

@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
+    # measured on an H200 (bench/gpu): 5 ms (Python's default) -> 0.5 ms took head-of-line latency from 6.8x to
+    # 2.4x and 16-client generation throughput from 2.4x to 4.6x one client's
+    sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
     app = create_app(settings, on_fatal=on_fatal)
     grace = float(settings.shutdown_grace_s or 0.0)
     # uvicorn's own limit comes after ours, so nothing in flight is ever cut off with its plain-text 500

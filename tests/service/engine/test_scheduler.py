@@ -228,3 +228,23 @@ async def test_a_request_alone_equals_transformers_generate(engine, images, mode
         eos = next((i for i, t in enumerate(tokens) if t in runner.eos), None)
         expected = runner.tokenizer.decode(tokens[:eos], skip_special_tokens=True)
         assert got.text == expected and got.completion_tokens == (len(tokens) if eos is None else eos + 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+async def test_on_cuda_interleaved_equals_alone_in_float32_and_bfloat16_runs(images):
+    models = FAMILIES[:2]
+    for dtype in ("float32", "bfloat16"):
+        settings = load_settings(models=models, device="cuda", dtype=dtype, max_new_tokens=8)
+        async with Engine(settings) as e:
+            for model in models:
+                assert e.models[model].runner.device.type == "cuda"
+                cases = [case(images, i) for i in range(6)]
+                for c in cases:
+                    c.pop("adapter", None)
+                alone = [(await e.generate(model=model, **c)).value for c in cases]
+                together = await asyncio.gather(*(e.generate(model=model, **c) for c in cases))
+                assert all(g.completion_tokens > 0 for g in alone)
+                if dtype == "float32":
+                    assert [g.value.text for g in together] == [g.text for g in alone]
+                    assert len({g.text for g in alone}) >= 4
