@@ -83,7 +83,6 @@ def check_engine() -> None:
 
     from adapters import RAdaptModel
     from service.engine.engine import Engine
-    from service.engine.tasks import classify
     from service.settings import load_settings
 
     async def run() -> None:
@@ -93,7 +92,7 @@ def check_engine() -> None:
             assert isinstance(served.rmodel, RAdaptModel)
             img = Image.effect_noise((320, 240), 60).convert("RGB")
             t0 = time.perf_counter()
-            results = await asyncio.gather(*(classify(engine, img, ["cat", "dog", "car"], robust=i % 2 == 0)
+            results = await asyncio.gather(*(engine.classify(img, ["cat", "dog", "car"], robust=i % 2 == 0)
                                              for i in range(32)))
             emit(check="engine_robust_sigma3", dtype=str(served.loaded.dtype).removeprefix("torch."),
                  requests=len(results), robust=sum(r.robust for r in results),
