@@ -30,10 +30,6 @@ class Adapter:
     anchor: torch.Tensor
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    @property
-    def nbytes(self) -> int:
-        return self.anchor.numel() * self.anchor.element_size()
-
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Adapter":
         """The same adapter (same uid) with its anchor on ``device``."""
         anchor = self.anchor.detach().to(device=device, dtype=dtype or self.anchor.dtype)

@@ -13,6 +13,7 @@ model computes exactly what it computed before injection.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from adapters.anchor import Adapter
 from adapters.config import AdapterConfig, AdapterError
+from adapters.digest import weights_digest
 from adapters.targets import ControlState, VisionFamily, find_family
 
 
@@ -117,7 +119,9 @@ class RAdaptModel:
         parent, attr = self.family.attention_site()
         setattr(parent, attr, AnchoredAttention(getattr(parent, attr), self.family, self.state))
         self.family.install_hooks(self.state)
-        self.fingerprint = self.family.fingerprint()
+        # architecture plus a digest of the weights an anchor depends on (computed once, here)
+        first, block0 = getattr(*self.family.filter_site()), self.family.attention_site()[0]
+        self.fingerprint = dataclasses.replace(self.family.fingerprint(), weights=weights_digest([first, block0]))
 
     @classmethod
     def from_loaded(cls, loaded: Any) -> "RAdaptModel":

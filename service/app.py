@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
+from fastapi_offline import FastAPIOffline
 
 from service.engine.engine import Engine
 from service.errors import error_response, install_handlers
@@ -105,8 +106,9 @@ def create_app(settings: Settings, engine: Engine | None = None,
                     await task
                 await engine.stop()
 
-    app = FastAPI(title="R-Adapt Serve", version="0.1.0", lifespan=lifespan,
-                  description="CLIP, LLaVA and Qwen-VL with R-Adapt robustness, switchable per request.")
+    # /docs and /redoc from assets in the fastapi-offline package, not a CDN: they work offline
+    app = FastAPIOffline(title="R-Adapt Serve", version="0.1.0", lifespan=lifespan, static_url="/docs-assets",
+                         description="CLIP, LLaVA and Qwen-VL with R-Adapt robustness, switchable per request.")
     app.state.engine, app.state.settings, app.state.metrics = engine, settings, engine.metrics
     install_handlers(app, engine.metrics.count_error)
     from service.routes import adapters, chat, classify, embeddings, health, metrics, models, tasks

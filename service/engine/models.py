@@ -19,6 +19,7 @@ from adapters.loading import LoadedModel, ModelLoadError
 from service.adapters_manager import DEFAULT, AdapterStore, parse_file
 from service.engine.batcher import Batcher
 from service.engine.scheduler import GenerationScheduler, SchedulerLimits
+from service.engine.work import Worker
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.settings import Settings
@@ -34,7 +35,7 @@ class ServedModel:
     rmodel: RAdaptModel
     runner: Any  # ClipRunner | VlmRunner (service.engine.work's contracts)
     adapters: AdapterStore
-    worker: Any  # Batcher | GenerationScheduler
+    worker: Worker  # Batcher | GenerationScheduler
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -46,7 +47,8 @@ def load_served(name: str, settings: Settings, metrics: Metrics, loader: Callabl
     s = settings
     loaded = loader(name, device=s.device, dtype=s.dtype)
     rmodel = RAdaptModel.from_loaded(loaded)
-    store = AdapterStore(name, rmodel.fingerprint, loaded.device, loaded.dtype, metrics)
+    store = AdapterStore(name, rmodel.fingerprint, loaded.device, loaded.dtype, metrics,
+                         allow_weight_mismatch=s.allow_weight_mismatch)
     store.put(DEFAULT, white_adapter(rmodel, s.sigma, s.alpha, source=f"white:{name}"))
     worker: Batcher | GenerationScheduler
     if loaded.family == "clip":

@@ -52,9 +52,23 @@ class BatchRunner(Runner, Protocol):
         ...
 
 
+class Worker(Protocol):
+    """What the engine needs from a model's worker: the CLIP ``Batcher`` or the ``GenerationScheduler``
+    today; a vLLM-backed generator (GPU, image embeddings in) would be another implementation."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def abort_all(self, error: Exception) -> None: ...
+
+    def wedged(self, after: float) -> bool: ...
+
+
 class GenerationRunner(Runner, Protocol):
     """The mechanics the scheduler drives (``service.runners.vlm.VlmRunner``). A backend that schedules
-    by itself (vLLM) would replace the scheduler and this contract together."""
+    by itself (vLLM) would replace the scheduler and this contract together: it takes the engine's
+    ``GenerationRequest`` (prompt, ``SamplingParams``, adapter, deadline, stream) and resolves its future."""
 
     eos: frozenset[int]
     device: Any
