@@ -142,7 +142,12 @@ async def main(args: argparse.Namespace) -> dict:
         out["tokens_per_s"] = {"1": one["tokens_per_s"], "16": many["tokens_per_s"],
                                "ratio": round(many["tokens_per_s"] / one["tokens_per_s"], 3)}
         modes = {"standard": lambda k, n: False, "robust": lambda k, n: True, "mix": lambda k, n: (k + n) % 2 == 1}
-        tps = {m: (await closed_loop(engine, image, 16, args.seconds, f))["tokens_per_s"] for m, f in modes.items()}
+        runs: dict[str, list[float]] = {m: [] for m in modes}
+        for _ in range(args.rounds):  # interleaved, so drift over the run falls on every mode alike
+            for m, f in modes.items():
+                runs[m].append((await closed_loop(engine, image, 16, args.seconds, f))["tokens_per_s"])
+        tps = {m: round(statistics.mean(v), 1) for m, v in runs.items()}
+        out["modes_rounds"] = runs
         out["modes_tokens_per_s"] = tps
         out["robust_vs_standard"] = round(tps["robust"] / tps["standard"], 3)
         out["mix_vs_standard"] = round(tps["mix"] / tps["standard"], 3)
@@ -162,6 +167,7 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=8.0, help="seconds per load point")
     p.add_argument("--samples", type=int, default=3, help="head-of-line samples")
     p.add_argument("--long-tokens", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the mode comparison")
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU (smoke test of this script)")
     p.add_argument("--switch-interval", type=float, default=0.0005,
                    help="sys.setswitchinterval (seconds) before serving; radapt serve's default is 0.0005")
