@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -99,6 +100,7 @@ async def load_point(srv: ServerProcess, requests: list[Request], clients: int, 
     """Closed-loop load for ``seconds``; tokens/s and CPU are read inside a steady window (after a
     ramp of 20%, before the clients' last answers drain), from the server's own token counter."""
     pids = srv.pids()
+    foreign = machine.ForeignLoad(lambda: [os.getpid(), *srv.pids()]).start()
     rss = [srv.rss_bytes()]
     sampler = asyncio.ensure_future(_sample_rss(srv, rss))
     load = asyncio.ensure_future(run_load(srv.url, requests, clients, duration_s=seconds, check=tokens_of,
@@ -112,7 +114,8 @@ async def load_point(srv: ServerProcess, requests: list[Request], clients: int, 
     tokens = tokens1 - tokens0
     return {**result.summary(), "window_s": round(t1 - t0, 3), "tokens": tokens,
             "tokens_per_s": round(tokens / (t1 - t0), 2),
-            "cpu_ms_per_token": round((cpu1 - cpu0) * 1e3 / max(tokens, 1), 3), "rss_peak_bytes": max(rss)}
+            "cpu_ms_per_token": round((cpu1 - cpu0) * 1e3 / max(tokens, 1), 3), "rss_peak_bytes": max(rss),
+            "foreign_cores": foreign.cores()}
 
 
 async def _generated(srv: ServerProcess) -> int:
@@ -201,6 +204,7 @@ def render(results: dict[str, Any]) -> str:
              f"{cfg['device']}; {cfg['clients']} clients, max_tokens cycling {list(cfg['token_choices'])}, one image "
              f"per chat, {cfg['point_s']} s per point, {cfg['rounds']} round(s) per mode comparison.", "",
              "| model | figure | value | target | met |", "|---|---|---|---|---|"]
+    busy: list[str] = []
     for model, checks in results["targets"].items():
         for key, t in checks.items():
             lines.append(f"| `{model}` | {key} | {t['value']} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
@@ -209,10 +213,13 @@ def render(results: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|"]
     for model, r in results["models"].items():
         h, one, many, m = r["head_of_line"], r["one_client"], r["clients"], r["modes_tokens_per_s"]
+        busy.append(f"`{model}` {many.get('foreign_cores')}")
         lines.append(f"| `{model}` | {h['alone_ms']} / {h['with_long_ms']} | {one['tokens_per_s']} / "
                      f"{many['tokens_per_s']} | {one['cpu_ms_per_token']} / {many['cpu_ms_per_token']} | "
                      f"{m['standard']} / {m['robust']} / {m['mix']} | "
                      f"{r['rss_per_running_sequence_bytes'] / 2**20:.2f} MiB |")
+    lines += ["", "Cores kept busy by other processes during the 16-client point (0 = a quiet machine): "
+              + ", ".join(busy) + "."]
     return "\n".join(lines) + "\n"
 
 
