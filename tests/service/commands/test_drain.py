@@ -3,6 +3,7 @@ grace, gets the documented JSON 503 / a stream error event), and the process exi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -19,10 +21,23 @@ pytestmark = pytest.mark.integration
 MODEL = "builtin:tiny-llava"
 
 
+@contextlib.contextmanager
+def serving(free_port, log_path, grace: float) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`radapt serve` on loopback, ready; killed at the end if it did not exit by itself."""
+    port = free_port()
+    proc = start(port, log_path, grace)
+    try:
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def start(port: int, log_path, grace: float) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--device",
            "cpu", "--dtype", "float32", "--model", MODEL, "--shutdown-grace-s", str(grace)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADAPT_") or k == "RADAPT_CACHE"}
+    env["RADAPT_MAX_NEW_TOKENS_LIMIT"] = "4000"  # generations long enough to outlast a short grace anywhere
     proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -67,10 +82,7 @@ def fire(base: str, n: int, max_tokens: int) -> tuple[list, list[threading.Threa
 
 
 def test_sigterm_lets_in_flight_generations_finish_then_exits(tmp_path, free_port):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start(port, tmp_path / "serve.log", grace=60)
-    try:
+    with serving(free_port, tmp_path / "serve.log", grace=60) as (base, proc):
         results, threads = fire(base, 4, max_tokens=300)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
@@ -83,17 +95,11 @@ def test_sigterm_lets_in_flight_generations_finish_then_exits(tmp_path, free_por
         assert results[-1][-1]["choices"][0]["finish_reason"] == "length"
         assert proc.wait(30) == 0
         assert "Traceback" not in (tmp_path / "serve.log").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_past_the_grace_in_flight_work_gets_json_503_and_stream_an_error_event(tmp_path, free_port):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start(port, tmp_path / "serve.log", grace=0.3)
-    try:
-        results, threads = fire(base, 3, max_tokens=500)
+    with serving(free_port, tmp_path / "serve.log", grace=0.3) as (base, proc):
+        results, threads = fire(base, 3, max_tokens=4000)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
@@ -103,6 +109,3 @@ def test_past_the_grace_in_flight_work_gets_json_503_and_stream_an_error_event(t
         last = results[-1][-1]
         assert last["choices"][0]["finish_reason"] == "error" and last["error"]["code"] == "shutting_down"
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
