@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas.base import Strict
+
 # a path the adapter directory can hold: no control characters (a NUL byte never reaches the filesystem)
 PATH_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
-class AdapterLoadRequest(BaseModel):
+class AdapterLoadRequest(Strict):
     """Load (or hot-swap) an adapter file from the server's adapter directory."""
 
-    model_config = ConfigDict(extra="forbid")
     name: str = Field(..., min_length=1, max_length=64, description="name requests use in `adapter`")
     path: str = Field(..., min_length=1, max_length=1024, pattern=PATH_PATTERN,
                       description="file path relative to the adapter directory")
