@@ -336,7 +336,7 @@ class Engine:
         top_p = 1.0 if r.top_p is None else float(r.top_p)
         if not (0.0 < top_p <= 1.0):
             raise BadRequest("top_p must be in (0, 1]", "invalid_top_p")
-        stop = tuple(r.stop)
+        stop = (r.stop,) if isinstance(r.stop, str) else tuple(r.stop or ())
         if len(stop) > MAX_STOP_STRINGS or any(not isinstance(x, str) or not 0 < len(x) <= MAX_STOP_CHARS
                                                for x in stop):
             raise BadRequest(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings of at most "

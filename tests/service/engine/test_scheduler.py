@@ -87,9 +87,10 @@ async def test_usage_finish_reasons_and_adapter_identity(engine, images):
     gen = r.value
     assert (gen.completion_tokens, gen.finish_reason, r.robust, r.adapter) == (5, "length", True, "strong")
     assert r.adapter_id == engine.models[model].adapters.snapshot()["strong"].uid and gen.prompt_tokens > 10
-    cut = await engine.generate(messages(images, 1, 1, 2), SamplingRequest(max_tokens=5, stop=[gen.text[2:4]]),
-                                model=model, adapter="strong")
-    assert cut.value.text == gen.text[:gen.text.find(gen.text[2:4])] and cut.value.finish_reason == "stop"
+    for stop in ([gen.text[2:4]], gen.text[2:4]):  # a list, or one string as OpenAI also accepts
+        cut = await engine.generate(messages(images, 1, 1, 2), SamplingRequest(max_tokens=5, stop=stop),
+                                    model=model, adapter="strong")
+        assert cut.value.text == gen.text[:gen.text.find(gen.text[2:4])] and cut.value.finish_reason == "stop"
 
 
 async def test_seed_makes_sampling_reproducible_whatever_runs_beside_it(engine, images):
