@@ -83,10 +83,14 @@ class DirStore:
         self.root = root
         self.url = str(root)
 
+    def _mounted(self) -> None:
+        """An unmounted volume must neither read as "every adapter was deleted" nor be recreated."""
+        if not self.root.is_dir():
+            raise StoreUnavailable(f"adapter store {self.root} is not a directory (not mounted?)")
+
     def refs(self) -> list[Ref]:
         refs_dir = self.root / "refs"
-        if not self.root.is_dir():  # an unmounted volume must not read as "every adapter was deleted"
-            raise StoreUnavailable(f"adapter store {self.root} is not a directory (not mounted?)")
+        self._mounted()
         out = []
         try:
             for model_dir in sorted(p for p in refs_dir.iterdir() if p.is_dir()) if refs_dir.is_dir() else []:
@@ -110,6 +114,7 @@ class DirStore:
 
     def put(self, model: str, name: str, data: bytes) -> Ref:
         ref = Ref(model, name, sha256_of(data), time.time())
+        self._mounted()
         try:
             blob = self.root / "blobs" / f"{ref.sha256}.safetensors"
             if not blob.is_file():
@@ -120,6 +125,7 @@ class DirStore:
         return ref
 
     def delete(self, model: str, name: str) -> bool:
+        self._mounted()
         try:
             (self.root / _ref_key(model, name)).unlink()
         except FileNotFoundError:
