@@ -167,7 +167,8 @@ class FsspecStore:
             raise ValueError("an object-store adapter store needs fsspec and its driver: "
                              "pip install 'radapt-serve[store]'") from exc
         self.url = url.rstrip("/")
-        self.fs, self.base = url_to_fs(self.url, **options)
+        # a fresh instance: fsspec's instance cache would pin credentials and endpoints across reconfigurations
+        self.fs, self.base = url_to_fs(self.url, skip_instance_cache=True, **options)
         self.base = self.base.rstrip("/")
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
@@ -204,10 +205,12 @@ class FsspecStore:
         return ref
 
     def delete(self, model: str, name: str) -> bool:
-        try:
-            self._call("delete", self.fs.rm_file, f"{self.base}/{_ref_key(model, name)}")
-        except FileNotFoundError:
+        key = f"{self.base}/{_ref_key(model, name)}"
+        self.fs.invalidate_cache()
+        if not self._call("list", self.fs.exists, key):  # object stores delete a missing key without error
             return False
+        with contextlib.suppress(FileNotFoundError):
+            self._call("delete", self.fs.rm_file, key)
         return True
 
 
