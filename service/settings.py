@@ -181,6 +181,22 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is not a folder; create it or fix --adapter-dir")
         return value
 
+    @field_validator("adapter_store")
+    @classmethod
+    def _store_driver(cls, value: str | None) -> str | None:
+        """An object-store URL needs fsspec and the protocol's driver here, not at the first sync."""
+        if value is None or "://" not in value or value.startswith("file://"):
+            return value
+        protocol = value.split("://", 1)[0]
+        try:
+            from fsspec import get_filesystem_class
+
+            get_filesystem_class(protocol)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"{protocol}:// adapter stores need fsspec and its driver: pip install "
+                             f"'radapt-serve[store]' (s3://) or the protocol's fsspec package ({exc})") from None
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
         if self.max_new_tokens > self.max_new_tokens_limit:

@@ -138,3 +138,11 @@ async def test_misfit_upload_is_never_written_to_the_store(tmp_path):
         assert DirStore(tmp_path).refs() == [] and not (tmp_path / "blobs").exists()
         ref_json = json.dumps(sorted(p.name for p in tmp_path.rglob("*")))
         assert "misfit" not in ref_json
+
+
+def test_an_object_store_url_needs_its_driver_at_start():
+    from service.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="adapter_store.*fsspec"):
+        load_settings(adapter_store="nosuchprotocol://bucket/prefix")
+    assert load_settings(adapter_store="/srv/store").adapter_store == "/srv/store"
