@@ -181,6 +181,9 @@ class FsspecStore:
 
     def refs(self) -> list[Ref]:
         self.fs.invalidate_cache()
+        root = self.base.split("/", 1)[0]  # the bucket: gone or forbidden must not read as "no adapters"
+        if not self._call("list", self.fs.exists, root):
+            raise StoreUnavailable(f"adapter store {self.url}: {root} does not exist or cannot be read")
         try:
             paths = self._call("list", self.fs.find, f"{self.base}/refs")
         except FileNotFoundError:

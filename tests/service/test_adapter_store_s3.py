@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from adapters import adapter_to_bytes
-from service.store_backends import FsspecStore, open_store
+from service.store_backends import FsspecStore, StoreUnavailable, open_store
 from tests.service.routes.test_adapters_route import white
 from tests.service.test_adapter_sync import names, replica, upload
 
@@ -45,6 +45,8 @@ def test_object_store_round_trip(bucket):
     assert store.refs() == [ref] and store.read_blob(ref.sha256) == b"one"
     assert store.put("org/model:x", "a", b"two").sha256 == store.refs()[0].sha256 != ref.sha256
     assert store.delete("org/model:x", "a") and store.refs() == [] and not store.delete("org/model:x", "a")
+    with pytest.raises(StoreUnavailable):  # a missing bucket is not an empty store
+        open_store("s3://no-such-bucket-radapt/x").refs()
 
 
 async def test_replicas_converge_through_an_object_store(bucket, clip_engine, png):

@@ -146,3 +146,30 @@ def test_an_object_store_url_needs_its_driver_at_start():
     with pytest.raises(SettingsError, match="adapter_store.*fsspec"):
         load_settings(adapter_store="nosuchprotocol://bucket/prefix")
     assert load_settings(adapter_store="/srv/store").adapter_store == "/srv/store"
+
+
+async def test_a_scan_that_overlaps_an_admin_write_is_dropped(tmp_path, clip_engine):
+    """A round that listed the store before an upload landed must not unload the upload."""
+    import asyncio
+    import threading
+
+    async with replica(tmp_path) as (client, sync):
+        listed, release = threading.Event(), threading.Event()
+        real = sync.backend.refs
+
+        def slow_refs():
+            refs = real()  # the store before the upload
+            listed.set()
+            release.wait(10)
+            return refs
+        sync.backend.refs = slow_refs
+        scan = asyncio.create_task(sync.sync_once())
+        while not listed.is_set():
+            await asyncio.sleep(0.01)
+        sync.backend.refs = real
+        assert (await upload(client, "racing", adapter_to_bytes(white(clip_engine, 1.2, 0.4)))).status_code == 201
+        release.set()
+        await scan
+        assert "racing" in await names(client)  # the stale round changed nothing
+        await sync.sync_once()
+        assert "racing" in await names(client)
