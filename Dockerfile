@@ -36,7 +36,7 @@ COPY constraints-cpu.txt ./
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -c constraints-cpu.txt torch
 # .dockerignore lets only the package sources, pyproject.toml, README.md and the constraints through.
 COPY . .
-RUN pip install --no-cache-dir -c constraints-cpu.txt .
+RUN pip install --no-cache-dir -c constraints-cpu.txt '.[store]'  # [store]: s3:// adapter stores
 # Bake the offline tiny checkpoint in, so `--model builtin:tiny-clip` serves with no network at all.
 ENV RADAPT_CACHE=/opt/radapt/cache
 RUN python -c "from adapters import zoo; zoo.ensure_exported('builtin:tiny-clip')"

@@ -10,6 +10,7 @@ this model's input, and the weight digest when both sides have one), so one that
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from types import MappingProxyType
 import torch
 
 from adapters import Adapter, AdapterError, AdapterMismatchError, Fingerprint, adapter_from_bytes, digest, load_adapter
-from adapters.io import check_adapter
+from adapters.io import adapter_to_bytes, check_adapter
 from service.errors import BadRequest, Conflict, NotFound
 from service.metrics import Metrics
 from service.schemas.adapters import AdapterOut
@@ -40,33 +41,41 @@ class AdapterStore:
         self.allow_weight_mismatch = allow_weight_mismatch
         self._metrics = metrics
         self._adapters: Mapping[str, Adapter] = MappingProxyType({})
+        self._digests: dict[str, str] = {}  # name -> sha256 of the adapter file's bytes
 
     def snapshot(self) -> Mapping[str, Adapter]:
         return self._adapters
 
-    def put(self, name: str, adapter: Adapter, allow_weight_mismatch: bool | None = None) -> str:
+    def put(self, name: str, adapter: Adapter, allow_weight_mismatch: bool | None = None,
+            digest: str | None = None) -> str:
         """Add or replace ``name``; returns the operation (load | swap). Raises on a mismatch.
 
-        ``allow_weight_mismatch``: None = the store's own setting."""
+        ``allow_weight_mismatch``: None = the store's own setting. ``digest``: the sha256 of the
+        file's bytes when the caller has it (else computed from the adapter's canonical bytes)."""
         start = time.monotonic()
         check_name(name)
         self.check(name, adapter, self.allow_weight_mismatch if allow_weight_mismatch is None
                    else allow_weight_mismatch)
         placed = adapter.to(self.device, self.dtype)
         op = "swap" if name in self._adapters else "load"
+        self._digests[name] = digest or hashlib.sha256(adapter_to_bytes(adapter)).hexdigest()
         self._adapters = MappingProxyType({**self._adapters, name: placed})
         self._record(op, start)
         return op
 
     def remove(self, name: str) -> None:
         start = time.monotonic()
+        self.check_removable(name)
+        self._adapters = MappingProxyType({k: v for k, v in self._adapters.items() if k != name})
+        self._record("remove", start)
+
+    def check_removable(self, name: str) -> None:
+        """Raise a 404 unless ``name`` is loaded, a 409 for the default adapter."""
         if name not in self._adapters:
             raise NotFound(f"model {self.model} has no adapter {name!r}", "adapter_not_found")
         if name == DEFAULT:
             raise Conflict("the default adapter cannot be removed (replace it by loading another under "
                            "the name 'default')", "adapter_protected")
-        self._adapters = MappingProxyType({k: v for k, v in self._adapters.items() if k != name})
-        self._record("remove", start)
 
     def check(self, name: str, adapter: Adapter, allow_weight_mismatch: bool = False) -> None:
         """Raise a 400 unless ``adapter`` runs on this model: layout, values, sigma, weight digest."""
@@ -101,7 +110,8 @@ class AdapterStore:
 
     def infos(self) -> list[AdapterOut]:
         return [AdapterOut(name=name, model=self.model, id=a.uid, method=a.config.method, sigma=a.config.sigma,
-                           alpha=a.config.alpha, source=a.config.source) for name, a in sorted(self._adapters.items())]
+                           alpha=a.config.alpha, source=a.config.source, digest=self._digests.get(name, ""))
+                for name, a in sorted(self._adapters.items())]
 
     def _record(self, op: str, start: float) -> None:
         self._metrics.adapter_ops.labels(op=op).inc()

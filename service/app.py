@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from fastapi_offline import FastAPIOffline
 
+from service.adapter_sync import AdapterSync
 from service.engine.engine import Engine
 from service.errors import error_response, install_handlers
 from service.metrics import Metrics
@@ -91,12 +92,16 @@ def create_app(settings: Settings, engine: Engine | None = None,
     if engine.settings is not settings:
         raise ValueError("create_app(settings, engine): pass the engine's own settings (one Settings object)")
 
+    sync = adapter_sync(settings, engine)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.loop = asyncio.get_running_loop()  # `radapt serve` starts the drain on it from SIGTERM
         task = None
         if owns_engine:
-            task = asyncio.create_task(_start(engine, on_fatal))
+            task = asyncio.create_task(_start(engine, on_fatal, sync))
+        elif sync is not None:
+            task = asyncio.create_task(sync.run())
         try:
             yield
         finally:
@@ -110,6 +115,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app = FastAPIOffline(title="R-Adapt Serve", version="0.1.0", lifespan=lifespan, static_url="/docs-assets",
                          description="CLIP, LLaVA and Qwen-VL with R-Adapt robustness, switchable per request.")
     app.state.engine, app.state.settings, app.state.metrics = engine, settings, engine.metrics
+    app.state.adapter_sync = sync
     install_handlers(app, engine.metrics.count_error)
     from service.routes import adapters, chat, classify, embeddings, health, metrics, models, tasks
 
@@ -119,7 +125,18 @@ def create_app(settings: Settings, engine: Engine | None = None,
     return app
 
 
-async def _start(engine: Engine, on_fatal: Callable[[BaseException], None] | None) -> None:
+def adapter_sync(settings: Settings, engine: Engine) -> AdapterSync | None:
+    """The adapter-store sync of ``--adapter-store`` (None without one); it reads ``engine.models`` live."""
+    if not settings.adapter_store:
+        return None
+    from service.store_backends import open_store
+
+    return AdapterSync(open_store(settings.adapter_store), engine.models, settings.adapter_sync_s, engine.metrics,
+                       settings.allow_weight_mismatch)
+
+
+async def _start(engine: Engine, on_fatal: Callable[[BaseException], None] | None,
+                 sync: AdapterSync | None = None) -> None:
     try:
         await engine.start()
     except asyncio.CancelledError:
@@ -128,3 +145,6 @@ async def _start(engine: Engine, on_fatal: Callable[[BaseException], None] | Non
         log.error("model loading failed: %s", exc)
         if on_fatal is not None:
             on_fatal(exc)
+        return
+    if sync is not None:
+        await sync.run()

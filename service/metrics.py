@@ -2,7 +2,7 @@
 
 Names, labels and buckets are a contract: deploy/ (Grafana, Prometheus) reads them. Label values
 are bounded: endpoints are route templates, statuses HTTP codes, models the served names,
-modes robust|standard, ops load|swap|remove, reasons error codes.
+modes robust|standard, ops load|swap|remove, results ok|error, reasons error codes.
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ class Metrics:
         self.model_load_duration = Gauge("radapt_model_load_duration_seconds",
                                          "time to load a model, inject R-Adapt and build its default adapter",
                                          ["model"], registry=r)
+        self.adapter_store_up = Gauge("radapt_adapter_store_up", "1 when the last adapter-store sync reached "
+                                      "the store, 0 when it did not (what is loaded keeps serving)", registry=r)
+        self.adapter_store_syncs = Counter("radapt_adapter_store_syncs", "adapter-store sync rounds by result",
+                                           ["result"], registry=r)
+        self.adapter_store_refused = Gauge("radapt_adapter_store_refused", "adapters in the store this replica "
+                                           "refuses (corrupt, unreadable or not fitting its model)", registry=r)
         self.errors = Counter("radapt_errors", "errors answered, by reason", ["reason"], registry=r)
 
     def count_error(self, reason: str) -> None:

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     adapters: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra adapters at start, NAME=FILE (attached to the first model they fit)")
     adapter_dir: Path | None = Field(None, description="folder POST /v1/adapters may load adapter files from")
+    adapter_store: str | None = Field(None, description="where replicas share adapters: a directory on a shared "
+                                      "volume or an object-store URL (s3://bucket/prefix, needs the [store] extra); "
+                                      "POST/DELETE /v1/adapters write through to it")
+    adapter_sync_s: float = Field(2.0, ge=0.1, le=3600.0, description="how often each replica reads the adapter "
+                                  "store (seconds); other replicas converge within this interval")
     sigma: float | None = Field(None, ge=0.0, le=8.0, description="filter sigma of the default adapter (pixels)")
     alpha: float | None = Field(None, ge=0.0, le=1.0, description="anchor weight of the default adapter")
     default_robust: bool = Field(False, description="what a request that does not say `robust` gets")
@@ -137,7 +142,8 @@ class Settings(BaseSettings):
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, ConfigFileSource(settings_cls)
 
-    @field_validator("api_key", "admin_key", "adapter_dir", "config_file", "sigma", "alpha", mode="before")
+    @field_validator("api_key", "admin_key", "adapter_dir", "adapter_store", "config_file", "sigma", "alpha",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         """``RADAPT_API_KEY=`` (an empty variable) means no key, not the empty key."""
@@ -173,6 +179,22 @@ class Settings(BaseSettings):
     def _dir_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_dir():
             raise ValueError(f"{value} is not a folder; create it or fix --adapter-dir")
+        return value
+
+    @field_validator("adapter_store")
+    @classmethod
+    def _store_driver(cls, value: str | None) -> str | None:
+        """An object-store URL needs fsspec and the protocol's driver here, not at the first sync."""
+        if value is None or "://" not in value or value.startswith("file://"):
+            return value
+        protocol = value.split("://", 1)[0]
+        try:
+            from fsspec import get_filesystem_class
+
+            get_filesystem_class(protocol)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"{protocol}:// adapter stores need fsspec and its driver: pip install "
+                             f"'radapt-serve[store]' (s3://) or the protocol's fsspec package ({exc})") from None
         return value
 
     @model_validator(mode="after")

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", action="append", dest="adapters", metavar="NAME=FILE",
                    help=_help("adapters", "load an adapter file at start (repeatable)"))
     p.add_argument("--adapter-dir", help=_help("adapter_dir"))
+    p.add_argument("--adapter-store", metavar="URL", help=_help("adapter_store"))
+    p.add_argument("--adapter-sync-s", type=float, help=_help("adapter_sync_s"))
     p.add_argument("--sigma", type=float, help=_help("sigma", "filter sigma of the default (white) adapter, pixels "
                                                               "(unset: the adapter default, 1.0)"))
     p.add_argument("--alpha", type=float, help=_help("alpha", "anchor weight of the default adapter, [0, 1] "
@@ -77,7 +79,8 @@ def port_in_use(host: str, port: int) -> str | None:
     return None
 
 
-SETTING_FLAGS = ("models", "adapters", "adapter_dir", "sigma", "alpha", "default_robust", "config_file", "host",
+SETTING_FLAGS = ("models", "adapters", "adapter_dir", "adapter_store", "adapter_sync_s", "sigma", "alpha",
+                 "default_robust", "config_file", "host",
                  "port", "device", "dtype", "max_batch_size", "max_wait_ms", "max_queue", "request_timeout_s",
                  "preprocess_workers", "allow_remote_images", "max_new_tokens", "max_running_requests",
                  "max_batch_tokens", "shutdown_grace_s", "allow_weight_mismatch")

@@ -3,7 +3,8 @@
 Loading never touches the backbone: the file is parsed and checked (safetensors, fingerprint,
 token layout, values, weight digest) in a worker thread, then the model's adapter dict is
 replaced; batches already running keep the snapshot they started with. A JSON body is validated
-like every other route's (422 ``invalid_request``, 400 ``invalid_json``).
+like every other route's (422 ``invalid_request``, 400 ``invalid_json``). With an adapter store
+(``--adapter-store``) loads and removals write through to it first, and every replica converges.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def _model(engine: Engine, name: str | None) -> ServedModel:
 async def list_adapters(request: Request, model: str | None = None) -> Response:
     engine = engine_of(request)
     models = [_model(engine, model)] if model else list(engine.models.values())
-    return json_response({"object": "list", "data": [i.model_dump() for m in models for i in m.adapters.infos()]})
+    body = {"object": "list", "data": [i.model_dump() for m in models for i in m.adapters.infos()]}
+    sync = request.app.state.adapter_sync
+    if sync is not None:  # what this replica serves is `data`; the store it converges to is `store`
+        body["store"] = sync.status()
+    return json_response(body)
 
 
 @router.post("/v1/adapters", dependencies=[Depends(require_admin_key)],
@@ -71,7 +76,11 @@ async def load_adapter(request: Request) -> Response:
         name = body.name
     else:
         raise BadRequest("send JSON {name, path} or multipart/form-data with name and file", "unsupported_media_type")
-    op = served.adapters.put(name, adapter, settings.allow_weight_mismatch)
+    sync = request.app.state.adapter_sync
+    if sync is not None:  # write through: the store first, so every replica gets it
+        op = await sync.publish(served, name, adapter, settings.allow_weight_mismatch)
+    else:
+        op = served.adapters.put(name, adapter, settings.allow_weight_mismatch)
     info = next(i for i in served.adapters.infos() if i.name == name)
     return json_response({"op": op, "adapter": info.model_dump()}, status=200 if op == "swap" else 201)
 
@@ -79,7 +88,11 @@ async def load_adapter(request: Request) -> Response:
 @router.delete("/v1/adapters/{name}", dependencies=[Depends(require_admin_key)])
 async def delete_adapter(name: str, request: Request, model: str | None = None) -> Response:
     served = _model(engine_of(request), model)
-    served.adapters.remove(name)
+    sync = request.app.state.adapter_sync
+    if sync is not None:
+        await sync.unpublish(served, name)
+    else:
+        served.adapters.remove(name)
     return json_response({"deleted": True, "name": name, "model": served.name})
 
 

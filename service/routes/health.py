@@ -1,4 +1,5 @@
-"""GET /health/live (the process answers) and /health/ready (loaded, warm, batch loops alive)."""
+"""GET /health/live (the process answers) and /health/ready (loaded, warm, batch loops alive, adapter
+store read once when there is one; its state in ``adapter_store``)."""
 
 from __future__ import annotations
 
@@ -26,4 +27,10 @@ async def ready(request: Request) -> Response:
     wedged = engine.wedged()
     if wedged:
         return json_response({"status": "wedged", "models": wedged}, status=503)
-    return json_response({"status": "ready", "models": list(engine.models)})
+    sync = request.app.state.adapter_sync
+    if sync is None:
+        return json_response({"status": "ready", "models": list(engine.models)})
+    if not sync.first_done:  # a (re)started replica serves the store's adapters before it takes traffic
+        return json_response({"status": "syncing_adapters"}, status=503)
+    # the store unreachable does not fail readiness: what is loaded keeps serving; it is reported here
+    return json_response({"status": "ready", "models": list(engine.models), "adapter_store": sync.status()})

@@ -30,3 +30,4 @@ class AdapterOut(BaseModel):
     sigma: float
     alpha: float
     source: str
+    digest: str = Field("", description="sha256 of the adapter file's bytes (the adapter store's blob name)")

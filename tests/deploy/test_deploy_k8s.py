@@ -142,3 +142,39 @@ def test_termination_grace_covers_the_servers_drain(objects, deploy, monkeypatch
     assert command[0] == "sleep"  # the Service stops routing here before SIGTERM
     assert settings.shutdown_grace_s >= settings.request_timeout_s  # a request admitted at SIGTERM can finish
     assert pod["terminationGracePeriodSeconds"] >= float(command[1]) + settings.shutdown_grace_s + 5
+
+
+# the fields of KEDA's ScaledObject (keda.sh/v1alpha1) and of its prometheus trigger: a CRD the schema
+# validator does not know, so a misspelt field is caught here
+SCALED_OBJECT_SPEC = {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "idleReplicaCount", "pollingInterval",
+                      "cooldownPeriod", "initialCooldownPeriod", "fallback", "advanced", "triggers"}
+PROMETHEUS_TRIGGER = {"serverAddress", "query", "threshold", "activationThreshold", "namespace", "ignoreNullValues",
+                      "unsafeSsl", "customHeaders", "queryParameters", "authModes"}
+
+
+def test_keda_scaledobject_is_the_hpa_on_the_same_metric(objects, deploy):
+    keda = deploy.load_yaml_docs(deploy.DEPLOY / "k8s" / "extras" / "keda-scaledobject.yaml")[0]
+    assert (keda["apiVersion"], keda["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    spec, hpa = keda["spec"], objects["HorizontalPodAutoscaler"]["spec"]
+    assert set(spec) <= SCALED_OBJECT_SPEC and set(spec["advanced"]) == {"horizontalPodAutoscalerConfig"}
+    assert spec["scaleTargetRef"] == hpa["scaleTargetRef"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (hpa["minReplicas"], hpa["maxReplicas"])
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["behavior"]
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert set(trigger["metadata"]) <= PROMETHEUS_TRIGGER
+    metric = hpa["metrics"][0]["pods"]["metric"]["name"]
+    assert deploy.referenced_metrics(trigger["metadata"]["query"]) == {metric} <= deploy.metric_sample_names()
+    assert trigger["metadata"]["threshold"] == hpa["metrics"][0]["pods"]["target"]["averageValue"]
+    assert all(isinstance(v, str) for v in trigger["metadata"].values())  # KEDA reads strings only
+
+
+def test_adapter_store_is_one_writable_volume_every_replica_mounts(objects, deploy, monkeypatch, tmp_path):
+    settings = deploy.settings_from_env(objects["ConfigMap"]["data"], monkeypatch, tmp_path)
+    assert settings.adapter_store and settings.adapter_sync_s <= 10  # replicas converge within seconds
+    mounts = {m["mountPath"]: m for m in _container(objects)["volumeMounts"]}
+    mount = mounts[settings.adapter_store]
+    assert not mount.get("readOnly")  # POST/DELETE /v1/adapters write through to it
+    volume = next(v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    claim = objects[f"pvc/{volume['persistentVolumeClaim']['claimName']}"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]

@@ -100,10 +100,12 @@ def stack(deploy, tmp_path_factory) -> Iterator[dict]:
     adapter_dir = tmp / "adapters"  # the shared adapter volume of compose and Kubernetes
     assert main(["adapter", "build", "--model", "builtin:tiny-clip", "--sigma", "1.5", "--alpha", "0.3",
                  "--device", "cpu", "--out", str(adapter_dir / "soft.safetensors")]) == 0
+    (tmp / "store").mkdir()  # the adapter store's volume (a missing folder reads as not mounted)
     radapt_port, prom_port = deploy.free_port(), deploy.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADAPT_") or k == deploy.ZOO_CACHE_VAR}
     env.update(HF_HUB_OFFLINE="1", RADAPT_MODELS="builtin:tiny-clip,builtin:tiny-llava", RADAPT_HOST="127.0.0.1",
-               RADAPT_PORT=str(radapt_port), RADAPT_DEVICE="cpu", RADAPT_ADAPTER_DIR=str(adapter_dir))
+               RADAPT_PORT=str(radapt_port), RADAPT_DEVICE="cpu", RADAPT_ADAPTER_DIR=str(adapter_dir),
+               RADAPT_ADAPTER_STORE=str(tmp / "store"), RADAPT_ADAPTER_SYNC_S="0.5")  # as deploy/k8s: a store
     procs: list[Proc] = []
     try:
         # no flags, like the image (CMD []): everything from the environment
