@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=sorted(FILES))
     p.add_argument("--n", type=int, default=None, help="images (default: all of the split)")
     p.add_argument("--offset", type=int, default=0, help="first image index in the split")
-    p.add_argument("--test-slice", type=int, metavar="N", help=f"rewrite {TEST_SLICE.name} with the first N test images")
+    p.add_argument("--test-slice", type=int, metavar="N",
+                   help=f"rewrite {TEST_SLICE.name} with the first N test images")
     args = p.parse_args(argv)
     if args.image_folder:
         print(f"wrote {write_image_folder(args.image_folder, args.split, args.n, args.offset)}")

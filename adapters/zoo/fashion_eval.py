@@ -29,11 +29,31 @@ from adapters.zoo import fashion, fashion_data
 ADAPTERS = {"R-Adapt white": "white", "R-Adapt guided (FARE)": "guided-fare", "R-Adapt+": "rplus"}
 MODELS = {"standard": "fashion-clip", "TeCoA": "fashion-clip-tecoa", "FARE": "fashion-clip-fare"}
 CONFIGS = tuple(MODELS) + tuple(ADAPTERS)
+# The analysis (where is the robustness?): the standard model with part of FARE's vision tower put in.
+SHALLOW = ("vision_model.embeddings.", "vision_model.pre_layrnorm.", "vision_model.encoder.layers.0.")
+HYBRIDS = {"standard + FARE shallow (embeddings, block 0)": ("fashion-clip-fare", True),
+           "standard + FARE deep (blocks 1-3, head)": ("fashion-clip-fare", False),
+           "standard + TeCoA shallow (embeddings, block 0)": ("fashion-clip-tecoa", True),
+           "standard + TeCoA deep (blocks 1-3, head)": ("fashion-clip-tecoa", False)}
+ANALYSIS = ("standard", "FARE", "TeCoA") + tuple(HYBRIDS)
 PROMPT = ("a photo of a {}.",)
 
 
 def adapter_path(kind: str) -> Path:
     return fashion.WEIGHTS / f"fashion-clip-{kind}.adapter.safetensors"
+
+
+def load_config_model(name: str) -> Any:
+    """The CLIPModel behind configuration ``name`` (a variant, or a standard/robust hybrid)."""
+    if name in MODELS:
+        return fashion.load_variant(MODELS[name])[0]
+    variant, shallow = HYBRIDS[name]
+    model = fashion.load_variant("fashion-clip")[0]
+    robust = fashion.load_variant(variant)[0].state_dict()
+    swap = {k: v for k, v in robust.items()
+            if k.startswith(fashion.VISION_PREFIXES) and k.startswith(SHALLOW) == shallow}
+    model.load_state_dict(swap, strict=False)
+    return model
 
 
 def machine() -> dict[str, Any]:
@@ -60,15 +80,16 @@ def run_table(n: int = 1000, eps: Sequence[float] = (1, 2, 4, 8), attacks: Seque
     from adapters.model import RAdaptModel
     from adapters.zeroshot import class_embeddings, logit_scale_of
 
-    unknown = [c for c in configs if c not in CONFIGS]
+    known = CONFIGS + tuple(HYBRIDS)
+    unknown = [c for c in configs if c not in known]
     if unknown:
-        raise ValueError(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
+        raise ValueError(f"unknown configurations {unknown}; known: {', '.join(known)}")
     started = time.time()
     images, labels = fashion_data.load_test_slice(n)
     results = []
-    for model_name in dict.fromkeys(c if c in MODELS else "standard" for c in configs):
-        model, processor = fashion.load_variant(MODELS[model_name])
-        model = model.to(device)
+    processor = fashion.fashion_processor()
+    for model_name in dict.fromkeys("standard" if c in ADAPTERS else c for c in configs):
+        model = load_config_model(model_name).to(device)
         for p in model.parameters():
             p.requires_grad_(False)
         rmodel = RAdaptModel(model, fashion.FASHION_MEAN, fashion.FASHION_STD)
@@ -128,15 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attack", default="apgd-ce,apgd-t", help="comma separated (default apgd-ce,apgd-t)")
     p.add_argument("--steps", type=int, default=100, help="iterations per attack (default 100)")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma separated subset of: " + ", ".join(CONFIGS))
+    p.add_argument("--analysis", action="store_true",
+                   help="instead: standard, FARE, TeCoA and the standard model with only their shallow "
+                        "(embeddings + block 0) or only their deep vision layers put in")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    configs = list(ANALYSIS) if args.analysis else [c.strip() for c in args.configs.split(",")]
     results, settings = run_table(args.n, [float(e) for e in args.eps.split(",")], args.attack.split(","),
-                                  args.steps, [c.strip() for c in args.configs.split(",")], args.batch_size,
-                                  args.device)
+                                  args.steps, configs, args.batch_size, args.device)
     files = write(results, settings, Path(args.out))
     print(files["markdown"].read_text(), end="")
     print(f"{settings['seconds']} s on {settings['machine']}; wrote " + ", ".join(str(f) for f in files.values()))

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ class ContrastiveSettings:
     n: int | None = None  # training images (default: all 60,000)
 
 
-def caption_batch(tokenizer, generator: torch.Generator) -> dict[str, torch.Tensor]:  # noqa: ANN001
+def caption_batch(tokenizer: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One random caption per class: token ids and mask ``[10, T]``."""
     captions = []
     for names in ALIASES:
