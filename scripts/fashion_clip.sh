@@ -21,7 +21,7 @@ for stage in "${stages[@]}"; do
   case "$stage" in
     train)  # contrastive training on the 60,000 training images
       "$RADAPT" models train fashion-clip ;;
-    baselines)  # vision tower adversarially fine-tuned at eps 4/255 on the last 12,800 training images
+    baselines)  # vision tower adversarially fine-tuned at eps 4/255 on the last 10,240 training images
       "$RADAPT" models train fashion-clip-fare
       "$RADAPT" models train fashion-clip-tecoa ;;
     sweep)  # sigma x alpha of the white anchor on 500 test images disjoint from the table's (5000-5499)

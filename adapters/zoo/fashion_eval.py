@@ -73,7 +73,7 @@ def machine() -> dict[str, Any]:
 
 def run_table(n: int = 1000, eps: Sequence[float] = (1, 2, 4, 8), attacks: Sequence[str] = ("apgd-ce", "apgd-t"),
               steps: int = 100, configs: Sequence[str] = CONFIGS, batch_size: int = 250, device: str = "cpu",
-              progress: bool = True) -> tuple[list[Any], dict[str, Any]]:
+              progress: bool = True, targets: int = 9) -> tuple[list[Any], dict[str, Any]]:
     """Evaluate ``configs`` on the first ``n`` test-slice images; returns (results, settings)."""
     from adapters import load_adapter
     from adapters.evaluate import EvalConfig, evaluate
@@ -98,12 +98,13 @@ def run_table(n: int = 1000, eps: Sequence[float] = (1, 2, 4, 8), attacks: Seque
         if model_name == "standard":
             todo += [EvalConfig(c, load_adapter(adapter_path(ADAPTERS[c]))) for c in configs if c in ADAPTERS]
         results += evaluate(rmodel, text, logit_scale_of(model), images, labels, todo, list(eps), list(attacks),
-                            steps=steps, batch_size=batch_size, seed=0, progress=progress)
+                            steps=steps, batch_size=batch_size, seed=0, progress=progress, n_target_classes=targets)
     order = {c: i for i, c in enumerate(configs)}
     results.sort(key=lambda r: order[r.config.name])
     settings = {"model": "builtin:fashion-clip", "data": "Fashion-MNIST test split, first images (committed slice)",
                 "n": int(images.shape[0]), "eps": list(eps), "eps_units": "1/255", "attacks": list(attacks),
-                "steps": steps, "prompt": PROMPT[0], "batch_size": batch_size, "seed": 0, "device": device,
+                "steps": steps, "apgd_t_target_classes": targets, "prompt": PROMPT[0], "batch_size": batch_size,
+                "seed": 0, "device": device,
                 "machine": machine(), "seconds": round(time.time() - started, 1)}
     return results, settings
 
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--analysis", action="store_true",
                    help="instead: standard, FARE, TeCoA and the standard model with only their shallow "
                         "(embeddings + block 0) or only their deep vision layers put in")
+    p.add_argument("--targets", type=int, default=9, help="APGD-T target classes (default 9, AutoAttack's)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None)
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     configs = list(ANALYSIS) if args.analysis else [c.strip() for c in args.configs.split(",")]
     results, settings = run_table(args.n, [float(e) for e in args.eps.split(",")], args.attack.split(","),
-                                  args.steps, configs, args.batch_size, args.device)
+                                  args.steps, configs, args.batch_size, args.device, targets=args.targets)
     files = write(results, settings, Path(args.out))
     print(files["markdown"].read_text(), end="")
     print(f"{settings['seconds']} s on {settings['machine']}; wrote " + ", ".join(str(f) for f in files.values()))
