@@ -21,14 +21,14 @@ for stage in "${stages[@]}"; do
   case "$stage" in
     train)  # contrastive training on the 60,000 training images
       "$RADAPT" models train fashion-clip ;;
-    baselines)  # vision tower adversarially fine-tuned at eps 4/255 on the last 10,240 training images
+    baselines)  # vision tower adversarially fine-tuned at eps 4/255 on the last 8,192 training images
       "$RADAPT" models train fashion-clip-fare
       "$RADAPT" models train fashion-clip-tecoa ;;
     sweep)  # sigma x alpha of the white anchor on 500 test images disjoint from the table's (5000-5499)
       "$PY" -m adapters.zoo.fashion_data --image-folder "$WORK/val" --split test --offset 5000 --n 500
       echo 'a photo of a {}.' > "$WORK/prompt.txt"
       "$RADAPT" eval --model builtin:fashion-clip --dataset "$WORK/val" --templates "$WORK/prompt.txt" \
-        --eps 4 --attack apgd-ce --steps 10 --sweep sigma=0,0.5,1,1.5 alpha=0,0.25,0.5,0.75,0.9 \
+        --eps 4 --attack apgd-ce --steps 10 --sweep sigma=0,0.5,1,1.5 alpha=0,0.25,0.5,0.75 \
         --no-progress --out "$OUT/sweep" ;;
     adapters)  # the three paradigms at the chosen SIGMA / ALPHA; R-Adapt+ on the first 2,000 training images
       "$PY" -m adapters.zoo.fashion_data --image-folder "$WORK/train2k" --split train --n 2000

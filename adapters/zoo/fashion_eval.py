@@ -109,17 +109,37 @@ def run_table(n: int = 1000, eps: Sequence[float] = (1, 2, 4, 8), attacks: Seque
     return results, settings
 
 
-def write(results: list[Any], settings: dict[str, Any], out: Path) -> dict[str, Path]:
-    """results.json, results.md, accuracy.png and tradeoff.png (clean vs robust per eps) under ``out``."""
+def write(results: list[Any], settings: dict[str, Any], out: Path,
+          document: dict[str, Any] | None = None) -> dict[str, Path]:
+    """results.json (``document``, default built from ``results``), results.md, accuracy.png and
+    tradeoff.png (clean vs robust per eps) under ``out``."""
     from adapters.report import markdown_table, plot_accuracy, to_json
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "results.json", "markdown": out / "results.md"}
-    files["json"].write_text(json.dumps(to_json(results, settings), indent=2) + "\n")
+    files["json"].write_text(json.dumps(document or to_json(results, settings), indent=2) + "\n")
     files["markdown"].write_text(markdown_table(results, settings["attacks"]))
     files["accuracy"] = plot_accuracy(results, out / "accuracy.png", "fashion-clip: accuracy vs eps")
     files["tradeoff"] = plot_tradeoffs(results, out / "tradeoff.png")
     return files
+
+
+def merge(parts: Sequence[Path], out: Path) -> dict[str, Path]:
+    """Join ``results.json`` files of runs with the same settings (e.g. configurations run in parallel)."""
+    from adapters.evaluate import ConfigResult, EvalConfig
+
+    docs = [json.loads((Path(p) / "results.json").read_text()) for p in parts]
+    same = ("n", "eps", "attacks", "steps", "apgd_t_target_classes", "prompt")
+    for d in docs[1:]:
+        if any(d["settings"].get(k) != docs[0]["settings"].get(k) for k in same):
+            raise ValueError(f"cannot merge runs with different settings ({', '.join(same)})")
+    configs = sorted((c for d in docs for c in d["configurations"]),
+                     key=lambda c: (ANALYSIS + CONFIGS).index(c["name"]) if c["name"] in ANALYSIS + CONFIGS else 99)
+    settings = dict(docs[0]["settings"], seconds=round(sum(d["settings"]["seconds"] for d in docs), 1),
+                    merged_from=len(docs))
+    results = [ConfigResult(EvalConfig(c["name"]), c["n"], c["clean"], {float(e): v for e, v in c["robust"].items()},
+                            {float(e): v for e, v in c["after_attack"].items()}, c["seconds"]) for c in configs]
+    return write(results, settings, out, dict(docs[0], settings=settings, configurations=configs))
 
 
 def plot_tradeoffs(results: list[Any], path: Path) -> Path:
@@ -157,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="instead: join the results of earlier runs into --out")
     args = p.parse_args(argv)
+    if args.merge:
+        files = merge([Path(d) for d in args.merge], Path(args.out))
+        print(files["markdown"].read_text(), end="")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = list(ANALYSIS) if args.analysis else [c.strip() for c in args.configs.split(",")]

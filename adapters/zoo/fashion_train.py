@@ -44,7 +44,7 @@ TRAIN_TEMPLATES: tuple[str, ...] = TEMPLATES + (
 )
 
 
-FINETUNE_IMAGES = 10_240  # training images the FARE / TeCoA fine-tunes see (80 batches of 128)
+FINETUNE_IMAGES = 8_192  # training images the FARE / TeCoA fine-tunes see (64 batches of 128)
 
 
 @dataclass(frozen=True)
