@@ -16,10 +16,11 @@ algorithms).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,10 +90,25 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, labels: to
     return (image_to_text + text_to_image) / 2
 
 
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` for the block, the previous setting restored after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def train(settings: ContrastiveSettings = ContrastiveSettings(), progress: bool = True) -> CLIPModel:
     """Train from the seeded initialisation on the training split; returns the model (eval mode)."""
+    with deterministic():
+        return _train(settings, progress)
+
+
+def _train(settings: ContrastiveSettings, progress: bool) -> CLIPModel:
     torch.manual_seed(settings.seed)
-    torch.use_deterministic_algorithms(True)
     images, labels = fashion_data.load("train", settings.n)
     model = fashion.init_model(settings.seed).train()
     tokenizer = fashion.fashion_processor().tokenizer
@@ -151,12 +167,12 @@ def finetune_variant(variant: str, n: int = FINETUNE_IMAGES, seed: int = 0) -> C
     from adapters.zeroshot import class_embeddings, logit_scale_of
 
     method = variant.removeprefix("fashion-clip-")
-    torch.use_deterministic_algorithms(True)
     model, processor = fashion.load_variant("fashion-clip")
     images, labels = fashion_data.load("train", n, offset=60_000 - n)
     text = class_embeddings(model, processor.tokenizer, fashion_data.CLASSES) if method == "tecoa" else None
-    return finetune(model, images, labels, fashion.FASHION_MEAN, fashion.FASHION_STD,
-                    FinetuneSettings(method=method, seed=seed), text=text, logit_scale=logit_scale_of(model))
+    with deterministic():
+        return finetune(model, images, labels, fashion.FASHION_MEAN, fashion.FASHION_STD,
+                        FinetuneSettings(method=method, seed=seed), text=text, logit_scale=logit_scale_of(model))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,6 @@
 Runs on synthetic IDX files (RADAPT_FASHION_MNIST), so no dataset is needed.
 """
 
-import gzip
-import struct
-
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,23 +10,6 @@ from PIL import Image
 from adapters.zoo import fashion, fashion_data
 
 pytestmark = pytest.mark.unit
-
-
-def _write_idx(path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture()
-def fake_dataset(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("test", 10)):
-        images, labels = fashion_data.FILES[split]
-        _write_idx(tmp_path / images, rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / labels, np.arange(n) % 10)
-    monkeypatch.setenv("RADAPT_FASHION_MNIST", str(tmp_path))
-    return tmp_path
 
 
 def test_load_reads_idx_as_grey_rgb_in_unit_range(fake_dataset):
