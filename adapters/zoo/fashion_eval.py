@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--merge", nargs="+", metavar="DIR", help="instead: join the results of earlier runs into --out")
     args = p.parse_args(argv)
     if args.merge:
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     configs = list(ANALYSIS) if args.analysis else [c.strip() for c in args.configs.split(",")]
     results, settings = run_table(args.n, [float(e) for e in args.eps.split(",")], args.attack.split(","),
-                                  args.steps, configs, args.batch_size, args.device, targets=args.targets)
+                                  args.steps, configs, args.batch_size, args.device, progress=not args.no_progress,
+                                  targets=args.targets)
     files = write(results, settings, Path(args.out))
     print(files["markdown"].read_text(), end="")
     print(f"{settings['seconds']} s on {settings['machine']}; wrote " + ", ".join(str(f) for f in files.values()))
