@@ -143,21 +143,21 @@ def merge(parts: Sequence[Path], out: Path) -> dict[str, Path]:
 
 
 def plot_tradeoffs(results: list[Any], path: Path) -> Path:
-    """One panel per eps: clean (y) versus robust (x) accuracy, one labelled point per configuration."""
+    """One panel per eps: clean (y) versus robust (x) accuracy, one marker per configuration."""
     from adapters.report import _pyplot, _save
 
     plt = _pyplot()
     eps = list(results[0].robust)
-    fig, axes = plt.subplots(1, len(eps), figsize=(3.2 * len(eps), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(eps), figsize=(3.2 * len(eps), 3.6), sharey=True, squeeze=False)
+    markers = "osD^vP*Xh<>"
     for ax, e in zip(axes[0], eps, strict=True):
-        for r in results:
-            ax.scatter(100 * r.robust[e], 100 * r.clean, s=18)
-            ax.annotate(r.config.name, (100 * r.robust[e], 100 * r.clean), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+        for i, r in enumerate(results):
+            ax.scatter(100 * r.robust[e], 100 * r.clean, s=30, marker=markers[i % len(markers)], label=r.config.name)
         ax.set_xlabel(f"robust accuracy, eps {e:g}/255 (%)")
         ax.set_xlim(-3, 103)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("clean accuracy (%)")
+    axes[0][0].legend(loc="lower left", fontsize=6)
     fig.suptitle("fashion-clip: clean vs robust zero-shot accuracy", fontsize=9)
     return _save(fig, path)
 
