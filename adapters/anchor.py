@@ -30,14 +30,21 @@ class Adapter:
     anchor: torch.Tensor
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    @property
-    def nbytes(self) -> int:
-        return self.anchor.numel() * self.anchor.element_size()
-
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Adapter":
         """The same adapter (same uid) with its anchor on ``device``."""
         anchor = self.anchor.detach().to(device=device, dtype=dtype or self.anchor.dtype)
         return Adapter(self.config, anchor, self.uid)
+
+
+def blend(a: torch.Tensor, anchor: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """FRA's blend ``(1 - alpha) * a + alpha * anchor``, in ``a``'s dtype.
+
+    ``a: [..., D]``; ``anchor`` broadcastable to ``a``; ``alpha`` a float or a tensor broadcastable
+    to ``a`` (e.g. ``[k, 1, 1]`` per sample, or a 0-d tensor being trained). Differentiable in all three.
+    """
+    if isinstance(alpha, torch.Tensor):
+        alpha = alpha.to(a.dtype)
+    return (1 - alpha) * a + alpha * anchor.to(a.dtype)
 
 
 def blend_rows(a: torch.Tensor, rows: Sequence[int], anchors: torch.Tensor,
@@ -48,8 +55,7 @@ def blend_rows(a: torch.Tensor, rows: Sequence[int], anchors: torch.Tensor,
     ``alphas: [k]``. Other rows are untouched. Differentiable in ``a``, ``anchors`` and ``alphas``.
     """
     shape = (-1,) + (1,) * (a.dim() - 1)
-    alphas = alphas.to(a.dtype).view(shape)
-    mixed = (1 - alphas) * a[list(rows)] + alphas * anchors.to(a.dtype)
+    mixed = blend(a[list(rows)], anchors, alphas.view(shape))
     if len(rows) == a.shape[0]:
         return mixed
     index = torch.tensor(list(rows), device=a.device)

@@ -1,4 +1,5 @@
-"""L-inf attacks: our PGD (any loss) and a thin wrapper over AutoAttack's APGD-CE / APGD-T.
+"""L-inf attacks: our PGD (any loss) and a thin wrapper over AutoAttack's APGD-CE / APGD-T
+(and APGD on any loss, ``apgd_loss``, for the language-model attacks of ``adapters.lvlm_attacks``).
 
 Threat model: images in [0, 1], normalisation inside the model (``adapters.zeroshot``), fp32,
 ``eps`` and step sizes given in 1/255 units. Attacks call the model they are given, so attacking
@@ -67,23 +68,68 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, attack:
     over the ``n_target_classes`` runner-up classes (capped at ``C - 1``; it needs ``C >= 4``).
     Returns adversarial images for the samples it fooled and ``x`` for the others.
     """
-    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    from pyautoattack.autopgd_base import APGDAttack_targeted
 
     x = x.detach().float()
-    common = dict(n_iter=steps, norm="Linf", n_restarts=1, eps=eps / 255.0, seed=seed,
-                  device=x.device, logger=log)
     if attack == "apgd-ce":
-        runner = APGDAttack(model, loss="ce", **common)
+        runner = _apgd_ce(model, x, eps, steps, seed)
     elif attack == "apgd-t":
         n_classes = int(model(x[:1]).shape[-1])
         if n_classes < 4:
             raise ValueError(f"apgd-t needs at least 4 classes (targeted DLR loss), got {n_classes}")
-        runner = APGDAttack_targeted(model, n_target_classes=min(n_target_classes, n_classes - 1), **common)
+        runner = APGDAttack_targeted(model, n_target_classes=min(n_target_classes, n_classes - 1),
+                                     **_apgd_common(x, eps, steps, seed))
     else:
         raise ValueError(f"attack must be apgd-ce or apgd-t, got {attack!r}")
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         adv = runner.perturb(x, y.to(x.device))  # it reseeds the global RNG: keep ours untouched
     return linf_project(adv.detach(), x, eps)
+
+
+class LossAsLogits(nn.Module):
+    """``x -> [0, loss_fn(x)]`` per sample: ``[B, 2]`` logits whose cross-entropy against class 0 is
+    ``softplus(loss)``, a strictly increasing function of the loss. APGD's L-inf steps use the
+    gradient's sign and its schedule compares loss values, so APGD-CE on these logits runs APGD on
+    ``loss_fn`` itself."""
+
+    def __init__(self, loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.loss_fn = loss_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(x).float().reshape(-1)
+        return torch.stack([torch.zeros_like(loss), loss], dim=-1)
+
+
+def apgd_loss(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, steps: int = 100,
+              seed: int = 0) -> torch.Tensor:
+    """APGD (AutoAttack's step-size schedule and momentum, one restart) *maximising* any per-sample
+    ``loss_fn(x_adv) -> [B]`` around ``x: [B, ...]`` in [0, 1]; returns the highest-loss iterate.
+
+    The loss counterpart of ``pgd`` (e.g. a language model's teacher-forced loss of a reference
+    caption). Deterministic in ``seed``; the global RNG is left as it was.
+    """
+    if eps < 0 or steps < 1:
+        raise ValueError(f"eps must be >= 0 and steps >= 1, got eps={eps}, steps={steps}")
+    x = x.detach().float()
+    if eps == 0:
+        return x.clone()
+    runner = _apgd_ce(LossAsLogits(loss_fn), x, eps, steps, seed)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)  # its random start draws from the global RNG
+        adv = runner.perturb(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), best_loss=True)
+    return linf_project(adv.detach(), x, eps)
+
+
+def _apgd_common(x: torch.Tensor, eps: float, steps: int, seed: int) -> dict[str, object]:
+    return dict(n_iter=steps, norm="Linf", n_restarts=1, eps=eps / 255.0, seed=seed, device=x.device, logger=log)
+
+
+def _apgd_ce(model: nn.Module, x: torch.Tensor, eps: float, steps: int, seed: int) -> object:
+    from pyautoattack.autopgd_base import APGDAttack
+
+    return APGDAttack(model, loss="ce", **_apgd_common(x, eps, steps, seed))
 
 
 def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, name: str, steps: int,

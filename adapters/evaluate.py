@@ -57,6 +57,20 @@ def with_settings(adapter: Adapter, sigma: float, alpha: float) -> Adapter:
     return Adapter(AdapterConfig(c.fingerprint, c.method, sigma, alpha, c.source, dict(c.extra)), adapter.anchor)
 
 
+def comparison_configs(rmodel: RAdaptModel, adapters: Sequence[tuple[str, Adapter]],
+                       source: str) -> tuple[Adapter, list[EvalConfig]]:
+    """The default white adapter and the columns every eval compares: standard mode, that white
+    anchor, and each ``(name, adapter)`` (checked to fit the model)."""
+    from adapters.acquire import white_adapter
+
+    for _, adapter in adapters:
+        adapter.config.fingerprint.check_fits(rmodel.fingerprint)
+    white = white_adapter(rmodel, source=source)
+    configs = [EvalConfig("standard", None),
+               EvalConfig(f"white sigma={white.config.sigma:g} alpha={white.config.alpha:g}", white)]
+    return white, configs + [EvalConfig(f"{name} ({a.config.method})", a) for name, a in adapters]
+
+
 def sweep_configs(base: Adapter, sigmas: Sequence[float], alphas: Sequence[float]) -> list[EvalConfig]:
     """One configuration per (sigma, alpha) pair over ``base``'s anchor."""
     return [EvalConfig(f"{base.config.method} sigma={s:g} alpha={a:g}", with_settings(base, s, a))

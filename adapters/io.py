@@ -3,6 +3,8 @@
 Metadata keys: ``format_version``, ``method``, ``sigma``, ``alpha``, ``fingerprint`` (JSON),
 ``source``, and ``extra.*`` for anything else (e.g. Qwen's reference grid, training settings).
 Keys carry no adapter name, so a file loads under any name. Nothing is ever unpickled.
+A file that loads can run: ``check_adapter`` checks the anchor against the fingerprint's token
+layout (rows, width, grid), its dtype and values, and every metadata field (``AdapterConfig``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from adapters import digest
 from adapters.anchor import Adapter
 from adapters.config import FORMAT_VERSION, AdapterConfig, AdapterError, Fingerprint
 
@@ -60,26 +63,52 @@ def adapter_from_bytes(data: bytes, source_name: str = "<bytes>") -> Adapter:
     if anchor.dim() != 2 or not torch.is_floating_point(anchor):
         raise AdapterError(f"{source_name}: 'anchor' must be a 2-D float tensor [tokens, dim], "
                            f"got {anchor.dtype} {tuple(anchor.shape)}")
-    if not torch.isfinite(anchor).all():
-        raise AdapterError(f"{source_name}: 'anchor' holds NaN or infinite values")
     missing = [k for k in ("format_version", "method", "sigma", "alpha", "fingerprint") if k not in metadata]
     if missing:
         raise AdapterError(f"{source_name}: metadata lacks {', '.join(missing)}")
     if metadata["format_version"] != str(FORMAT_VERSION):
         raise AdapterError(f"{source_name}: format_version {metadata['format_version']} is not supported "
                            f"(this build reads {FORMAT_VERSION})")
-    fingerprint = Fingerprint.from_json(metadata["fingerprint"])
     try:
-        sigma, alpha = float(metadata["sigma"]), float(metadata["alpha"])
-    except ValueError as exc:
-        raise AdapterError(f"{source_name}: sigma and alpha must be numbers ({exc})") from exc
-    if anchor.shape[-1] != fingerprint.hidden_size:
-        raise AdapterError(f"{source_name}: anchor width {anchor.shape[-1]} != fingerprint hidden size "
-                           f"{fingerprint.hidden_size}")
-    extra = {k[len("extra."):]: v for k, v in metadata.items() if k.startswith("extra.")}
-    config = AdapterConfig(fingerprint=fingerprint, method=metadata["method"], sigma=sigma, alpha=alpha,
-                           source=metadata.get("source", ""), extra=extra)
-    return Adapter(config, anchor.float().contiguous())
+        fingerprint = Fingerprint.from_json(metadata["fingerprint"])
+        try:
+            sigma, alpha = float(metadata["sigma"]), float(metadata["alpha"])
+        except ValueError as exc:
+            raise AdapterError(f"sigma and alpha must be numbers ({exc})") from exc
+        extra = {k[len("extra."):]: v for k, v in metadata.items() if k.startswith("extra.")}
+        config = AdapterConfig(fingerprint=fingerprint, method=metadata["method"], sigma=sigma, alpha=alpha,
+                               source=metadata.get("source", ""), extra=extra)
+        adapter = Adapter(config, anchor)
+        check_adapter(adapter)
+    except AdapterError as exc:
+        raise type(exc)(f"{source_name}: {exc}") from None
+    return Adapter(config, adapter.anchor.float().contiguous())
+
+
+def check_adapter(adapter: Adapter) -> None:
+    """Raise AdapterError unless the anchor fits its own fingerprint's token layout and is usable.
+
+    ``anchor: [tokens, hidden]``: fixed-resolution encoders need ``num_tokens`` rows, variable-resolution
+    ones one row per patch of ``extra["grid"]``. Float, finite, and a readable weight digest if any.
+    """
+    anchor, cfg = adapter.anchor, adapter.config
+    fp = cfg.fingerprint
+    if anchor.dim() != 2 or not torch.is_floating_point(anchor):
+        raise AdapterError(f"'anchor' must be a 2-D float tensor [tokens, dim], got {anchor.dtype} "
+                           f"{tuple(anchor.shape)}")
+    if anchor.shape[-1] != fp.hidden_size:
+        raise AdapterError(f"anchor width {anchor.shape[-1]} != fingerprint hidden size {fp.hidden_size}")
+    if fp.variable_resolution:
+        h, w = cfg.grid()
+        if h * w != anchor.shape[0]:
+            raise AdapterError(f"anchor has {anchor.shape[0]} rows but its grid {h}x{w} has {h * w} patches")
+    elif anchor.shape[0] != fp.num_tokens:
+        raise AdapterError(f"anchor has {anchor.shape[0]} rows but the model has {fp.num_tokens} tokens "
+                           f"({fp.image_size} px images, {fp.patch_size} px patches)")
+    if not torch.isfinite(anchor).all():
+        raise AdapterError("'anchor' holds NaN or infinite values")
+    if fp.weights and not digest.is_valid(fp.weights):
+        raise AdapterError("fingerprint weights digest is not readable by this build")
 
 
 def load_adapter(path: str | os.PathLike[str]) -> Adapter:

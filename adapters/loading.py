@@ -6,6 +6,7 @@ with a message that says how to get the weights there.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -53,13 +54,54 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+@functools.cache
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (Linux); empty where /proc/cpuinfo is absent."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (CUDA with bf16; CPUs with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = cpu_flags() if flags is None else flags
+    return device.type == "cpu" and bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def slow_dtype_reason(dtype: torch.dtype, device: torch.device, flags: frozenset[str] | None = None) -> str | None:
+    """Why ``dtype`` would run slowly on ``device`` (None when it runs natively)."""
+    if dtype == torch.bfloat16 and not native_bf16(device, flags):
+        where = "this GPU has no bfloat16 units" if device.type == "cuda" else \
+            "this CPU has no AVX512-BF16 or AMX instructions (bfloat16 is emulated, ~7x slower than float32)"
+        return f"bfloat16: {where}"
+    if dtype == torch.float16 and device.type == "cpu":
+        flags = cpu_flags() if flags is None else flags
+        if not flags & {"avx512_fp16", "amx_fp16"}:
+            return "float16: this CPU has no AVX512-FP16 or AMX-FP16 instructions (float16 is emulated)"
+    return None
+
+
+def resolve_dtype(dtype: str, device: torch.device, flags: frozenset[str] | None = None) -> torch.dtype:
+    """``auto``: bfloat16 where the hardware computes it natively, else float16 on CUDA, float32 on CPU.
+
+    A forced dtype the hardware only emulates is used as asked, with a warning saying why it is slow.
+    """
     if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        if native_bf16(device, flags):
+            return torch.bfloat16
+        return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
+    reason = slow_dtype_reason(DTYPES[dtype], device, flags)
+    if reason is not None:
+        log.warning("--dtype %s on %s will be slow: %s; --dtype auto picks a fast one", dtype, device, reason)
     return DTYPES[dtype]
 
 

@@ -13,6 +13,7 @@ model computes exactly what it computed before injection.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from adapters.anchor import Adapter
 from adapters.config import AdapterConfig, AdapterError
+from adapters.digest import weights_digest
 from adapters.targets import ControlState, VisionFamily, find_family
 
 
@@ -70,6 +72,36 @@ class _Captured(Exception):
     """Stops a forward once block 0 has been seen."""
 
 
+def capture_block0(state: ControlState, run: Callable[[], Any]) -> torch.Tensor:
+    """Block-0 attention output (before any anchor) of ``run()`` in standard mode, stopping there.
+
+    The one capture mechanism of the package: ``AnchoredAttention`` calls ``state.scratch["capture"]``.
+    Safe inside another forward of the same model (Qwen's per-grid white anchors are computed from
+    a pre-hook): the caller's ``samples`` and ``scratch`` are saved and restored around ``run()``.
+    Returns e.g. ``[B, T, D]`` (CLIP) or ``[N, D]`` (Qwen's packed tokens).
+    """
+    seen: list[torch.Tensor] = []
+
+    def capture(a: torch.Tensor) -> None:
+        seen.append(a)
+        raise _Captured
+
+    saved_samples, saved_scratch = state.samples, dict(state.scratch)
+    state.samples = None
+    state.scratch["capture"] = capture
+    try:
+        run()
+    except _Captured:
+        pass
+    finally:
+        state.samples = saved_samples
+        state.scratch.clear()
+        state.scratch.update(saved_scratch)
+    if not seen:
+        raise AdapterError("the forward never reached block 0's attention")
+    return seen[0]
+
+
 class RAdaptModel:
     """A frozen model with R-Adapt injected. Holds no adapters: callers pass them per forward."""
 
@@ -87,7 +119,9 @@ class RAdaptModel:
         parent, attr = self.family.attention_site()
         setattr(parent, attr, AnchoredAttention(getattr(parent, attr), self.family, self.state))
         self.family.install_hooks(self.state)
-        self.fingerprint = self.family.fingerprint()
+        # architecture plus a digest of the weights an anchor depends on (computed once, here)
+        first, block0 = getattr(*self.family.filter_site()), self.family.attention_site()[0]
+        self.fingerprint = dataclasses.replace(self.family.fingerprint(), weights=weights_digest([first, block0]))
 
     @classmethod
     def from_loaded(cls, loaded: Any) -> "RAdaptModel":
@@ -111,24 +145,7 @@ class RAdaptModel:
 
     def capture_block0(self, run: Callable[[], Any]) -> torch.Tensor:
         """Block-0 attention output of ``run()`` (standard mode), stopping the forward there."""
-        seen: list[torch.Tensor] = []
-
-        def capture(a: torch.Tensor) -> None:
-            seen.append(a)
-            raise _Captured
-
-        previous = self.state.scratch.get("capture")
-        self.state.scratch["capture"] = capture
-        try:
-            with self.control(None):
-                run()
-        except _Captured:
-            pass
-        finally:
-            self.state.scratch["capture"] = previous
-        if not seen:
-            raise AdapterError("the forward never reached block 0's attention")
-        return seen[0]
+        return capture_block0(self.state, run)
 
     @torch.no_grad()
     def white_anchor(self) -> torch.Tensor:

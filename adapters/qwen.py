@@ -19,26 +19,22 @@ order.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapters.anchor import Adapter
+from adapters.anchor import Adapter, blend
 from adapters.config import AdapterError, AdapterMismatchError, Fingerprint
 from adapters.lowpass import gaussian_blur
+from adapters.model import capture_block0
 from adapters.targets import ControlState, VisionFamily
 
 REFERENCE_SIDE = 16  # reference grid of stored anchors: 16 x 16 patches (224 px at Qwen2-VL's 14 px)
 WHITE_CACHE_SIZE = 64  # white anchors kept per model, one per (grid, device, dtype)
 
 Grid = tuple[int, int, int]
-
-
-class _Stop(Exception):
-    """Ends a forward once block 0's attention output has been captured."""
 
 
 class QwenFamily(VisionFamily):
@@ -158,8 +154,7 @@ class QwenFamily(VisionFamily):
         for i, (sample, grid) in enumerate(zip(state.samples or (), grids, strict=True)):
             if sample is not None and sample.config.anchor_on:
                 anchor = self.anchor_tokens(sample, grid, a.device, a.dtype)
-                alpha = sample.config.alpha
-                parts[i] = (1 - alpha) * parts[i] + alpha * anchor
+                parts[i] = blend(parts[i], anchor, sample.config.alpha)
         return torch.cat(parts)
 
     def anchor_tokens(self, adapter: Adapter, grid: Grid, device: torch.device,
@@ -209,37 +204,13 @@ class QwenFamily(VisionFamily):
             return self._white[key]
         pixels = self.white_packed(grid, device, dtype)
         grid_thw = torch.tensor([grid], device=device)
-        tokens = self.block0(lambda: self.vision(pixels, grid_thw=grid_thw)).detach()
+        if self._state is None:
+            raise AdapterError("R-Adapt is not installed on this model")
+        tokens = capture_block0(self._state, lambda: self.vision(pixels, grid_thw=grid_thw)).detach()
         self._white[key] = tokens
         while len(self._white) > WHITE_CACHE_SIZE:
             self._white.popitem(last=False)
         return tokens
-
-    def block0(self, run: Callable[[], Any]) -> torch.Tensor:
-        """Block-0 attention output of ``run()`` in standard mode; safe to call inside a forward."""
-        state = self._state
-        if state is None:
-            raise AdapterError("R-Adapt is not installed on this model")
-        seen: list[torch.Tensor] = []
-
-        def capture(out: torch.Tensor) -> None:
-            seen.append(out)
-            raise _Stop
-
-        saved_samples, saved_scratch = state.samples, dict(state.scratch)
-        state.samples = None
-        state.scratch["capture"] = capture
-        try:
-            run()
-        except _Stop:
-            pass
-        finally:
-            state.samples = saved_samples
-            state.scratch.clear()
-            state.scratch.update(saved_scratch)
-        if not seen:
-            raise AdapterError("the forward never reached block 0's attention")
-        return seen[0]
 
     def white_anchor(self, rmodel: Any) -> torch.Tensor:
         """White anchor on the reference grid, raster order: ``[h0*w0, D]``."""

@@ -6,6 +6,12 @@ with R-Adapt (filter + anchor ``A``) and ``f_0`` the clean encoder, both giving 
 embedding. Inner max: our PGD (default 10 steps of 1/255, eps 4/255); outer min: AdamW on ``A``
 only (optionally ``alpha`` too), starting from the training-free white anchor. Deterministic for
 a seed: shuffles and PGD starts come from seeded generators.
+
+The FARE attacked step is written once, over any embedding function: ``fare_loss``,
+``fare_pgd`` (inner max) and ``fare_attacked_loss`` (the loss at the maximiser, differentiable in
+the embedding's parameters), so a FARE fine-tune of a whole encoder can reuse it.
+For LLaVA the features compared are, by default, the layer -2 patch tokens its language model
+reads (``TrainSettings.features``).
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,16 +28,24 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from adapters.anchor import Adapter
+from adapters.anchor import Adapter, blend
 from adapters.attacks import pgd
 from adapters.config import DEFAULT_ALPHA, DEFAULT_SIGMA, AdapterConfig, AdapterError
 from adapters.model import RAdaptModel
 from adapters.zeroshot import Normalize, image_embeddings
 
+FEATURES = ("auto", "pooled", "lvlm")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Training settings; ``eps`` and ``step`` in 1/255 units."""
+    """Training settings; ``eps`` and ``step`` in 1/255 units.
+
+    ``features``: what ``f`` in the FARE loss compares. ``pooled``: the image embedding (CLIP: the
+    projected one; LLaVA: the tower's pooled last layer). ``lvlm``: the patch tokens the language
+    model reads (LLaVA: ``vision_feature_layer``, -2, without CLS). ``auto``: ``lvlm`` for LLaVA,
+    ``pooled`` otherwise.
+    """
 
     eps: float = 4.0
     steps: int = 10
@@ -42,50 +56,95 @@ class TrainSettings:
     seed: int = 0
     train_alpha: bool = False
     weight_decay: float = 0.0
+    features: str = "auto"
 
     def __post_init__(self) -> None:
         if self.eps < 0 or self.steps < 0 or self.step < 0:
             raise AdapterError("--eps, --steps and the PGD step must be >= 0")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise AdapterError("--epochs and --batch-size must be >= 1 and --lr > 0")
+        if self.features not in FEATURES:
+            raise AdapterError(f"--features takes {', '.join(FEATURES)}; got {self.features!r}")
+
+
+Embed = Callable[[torch.Tensor], torch.Tensor]
+
+
+def fare_loss(embed: Embed, x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Per-sample FARE loss ``|| embed(x) - clean ||^2``: ``[B]``.
+
+    ``embed: [B, 3, H, W] -> [B, D]`` or ``[B, T, D]`` (tokens: squared L2 per token, mean over tokens).
+    """
+    d = (embed(x) - clean).pow(2).sum(-1)
+    return d.flatten(1).mean(-1) if d.dim() > 1 else d
+
+
+def fare_pgd(embed: Embed, x: torch.Tensor, clean: torch.Tensor, settings: TrainSettings,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """FARE's inner max: PGD (``settings.eps/steps/step``) on ``fare_loss`` around ``x: [B, 3, H, W]``."""
+    return pgd(partial(fare_loss, embed, clean=clean), x, settings.eps, settings.steps, settings.step,
+               generator=generator)
+
+
+def fare_attacked_loss(embed: Embed, x: torch.Tensor, clean: torch.Tensor, settings: TrainSettings,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample FARE loss at the PGD maximiser around ``x``: ``[B]``, differentiable in ``embed``'s
+    parameters (the anchor here; a whole encoder for a FARE fine-tune), not in ``x``.
+
+    ``clean: embed_0(x)`` of the reference (clean) encoder, computed by the caller without grad.
+    """
+    return fare_loss(embed, fare_pgd(embed, x, clean, settings, generator), clean)
 
 
 class FareObjective:
     """``f_0`` and ``f_A`` of one injected model on [0, 1] images ``x: [B, 3, H, W]``."""
 
-    def __init__(self, rmodel: RAdaptModel) -> None:
+    def __init__(self, rmodel: RAdaptModel, features: str = "auto") -> None:
         if rmodel.family.variable_resolution:
             raise AdapterError("data-driven anchors need a fixed-resolution (CLIP-family) vision encoder")
         self.rmodel = rmodel
         self.device = next(rmodel.model.parameters()).device
         self.normalize = Normalize(rmodel.family.image_mean, rmodel.family.image_std).to(self.device)
+        lvlm_layer = getattr(rmodel.model.config, "vision_feature_layer", None)
+        if features == "auto":
+            features = "pooled" if lvlm_layer is None else "lvlm"
+        if features == "lvlm" and lvlm_layer is None:
+            raise AdapterError("--features lvlm needs an LVLM with a vision_feature_layer (LLaVA)")
+        self.features = features
 
     def embed(self, x: torch.Tensor, adapter: Adapter | None) -> torch.Tensor:
-        """Image embeddings ``[B, D]`` (fp32), standard mode when ``adapter`` is None."""
+        """Features (fp32) in standard mode when ``adapter`` is None: ``[B, D]`` (pooled) or
+        ``[B, T, D]`` (lvlm: the patch tokens the language model reads)."""
         with self.rmodel.control(None if adapter is None else [adapter] * x.shape[0]):
+            if self.features == "lvlm":
+                return lvlm_patch_features(self.rmodel.model, self.normalize(x)).float()
             return image_embeddings(self.rmodel.model, self.normalize(x)).float()
-
-    def loss(self, x: torch.Tensor, clean: torch.Tensor, adapter: Adapter) -> torch.Tensor:
-        """Per-sample ``|| f_A(x) - clean ||^2``: ``[B]``."""
-        return (self.embed(x, adapter) - clean).pow(2).sum(-1)
 
     def attacked_loss(self, x: torch.Tensor, adapter: Adapter, settings: TrainSettings,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample FARE loss at the PGD maximiser around ``x``: ``[B]`` (detached)."""
+        """Per-sample FARE loss at the PGD maximiser around ``x``: ``[B]`` (with grad to the anchor)."""
         x = x.to(self.device)
         with torch.no_grad():
             clean = self.embed(x, None)
-        x_adv = pgd(partial(self.loss, clean=clean, adapter=adapter), x, settings.eps, settings.steps,
-                    settings.step, generator=generator)
-        with torch.no_grad():
-            return self.loss(x_adv, clean, adapter)
+        return fare_attacked_loss(partial(self.embed, adapter=adapter), x, clean, settings, generator)
+
+
+def lvlm_patch_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The vision tokens a LLaVA model feeds its projector: ``[B, T, D]`` from normalised
+    ``pixel_values: [B, 3, H, W]`` (``vision_feature_layer``, CLS dropped for the ``default`` strategy)."""
+    cfg = model.config
+    tower = getattr(model, "vision_tower", None) or model.model.vision_tower
+    hidden = tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+    layers = cfg.vision_feature_layer
+    out = torch.cat([hidden[i] for i in layers], dim=-1) if isinstance(layers, list) else hidden[layers]
+    return out[:, 1:] if cfg.vision_feature_select_strategy == "default" else out
 
 
 @torch.no_grad()
 def attacked_fare_loss(rmodel: RAdaptModel, adapter: Adapter, images: torch.Tensor,
                        settings: TrainSettings = TrainSettings(), batch_size: int = 64) -> float:
     """Mean attacked FARE loss of ``adapter`` on ``images: [N, 3, H, W]`` (seeded PGD starts)."""
-    objective = FareObjective(rmodel)
+    objective = FareObjective(rmodel, settings.features)
     gen = torch.Generator(device=objective.device).manual_seed(settings.seed)
     total = 0.0
     for start in range(0, images.shape[0], batch_size):
@@ -105,7 +164,8 @@ def train_anchor(rmodel: RAdaptModel, images: torch.Tensor, settings: TrainSetti
     """
     if images.dim() != 4 or images.shape[0] == 0:
         raise AdapterError(f"expected images [N, 3, H, W] with N >= 1, got {tuple(images.shape)}")
-    objective = FareObjective(rmodel)
+    objective = FareObjective(rmodel, settings.features)
+    settings = replace(settings, features=objective.features)  # recorded resolved
     sigma = DEFAULT_SIGMA if sigma is None else float(sigma)
     alpha0 = DEFAULT_ALPHA if alpha is None else float(alpha)
     init = rmodel.white_anchor() if start is None else start.detach().float().cpu()
@@ -145,11 +205,7 @@ def train_anchor(rmodel: RAdaptModel, images: torch.Tensor, settings: TrainSetti
 def _step(objective: FareObjective, live: Adapter, x: torch.Tensor, settings: TrainSettings,
           noise: torch.Generator, opt: torch.optim.Optimizer) -> float:
     """One AdamW step on the attacked FARE loss of ``x: [B, 3, H, W]``; returns the batch loss."""
-    with torch.no_grad():
-        clean = objective.embed(x, None)
-    x_adv = pgd(partial(objective.loss, clean=clean, adapter=live), x, settings.eps, settings.steps,
-                settings.step, generator=noise)
-    loss = objective.loss(x_adv, clean, live).mean()
+    loss = objective.attacked_loss(x, live, settings, noise).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -169,16 +225,15 @@ def _trainable_blend(rmodel: RAdaptModel, live: Adapter, anchor: torch.Tensor,
         return
     parent, attr = rmodel.family.attention_site()
 
-    def blend(module: torch.nn.Module, args: Any, output: Any) -> Any:
+    def blend_hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
         samples = rmodel.state.samples
         if not samples or samples[0] is not live:
             return None
         a = output[0] if isinstance(output, tuple) else output
-        w = torch.sigmoid(alpha_logit).to(a.dtype)
-        mixed = (1 - w) * a + w * anchor.to(a.dtype)
+        mixed = blend(a, anchor, torch.sigmoid(alpha_logit))
         return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
-    handle = getattr(parent, attr).register_forward_hook(blend)
+    handle = getattr(parent, attr).register_forward_hook(blend_hook)
     try:
         yield
     finally:
@@ -200,11 +255,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of image sampling, shuffles, PGD starts")
     g.add_argument("--train-alpha", action="store_true", help="optimise alpha along with the anchor")
+    g.add_argument("--features", choices=FEATURES, default=d.features,
+                   help="features the loss compares: pooled image embedding, or lvlm = the patch tokens "
+                        "a LLaVA model reads (layer -2); auto (default) = lvlm for LLaVA, pooled otherwise")
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(eps=args.eps, steps=args.steps, epochs=args.epochs, lr=args.lr,
-                         batch_size=args.batch_size, seed=args.seed, train_alpha=args.train_alpha)
+                         batch_size=args.batch_size, seed=args.seed, train_alpha=args.train_alpha,
+                         features=args.features)
 
 
 def load_training_images(folder: str, image_processor: Any, n: int | None, seed: int) -> torch.Tensor:

@@ -35,7 +35,3 @@ def delta_mean(before: Samples, after: Samples, histogram: str, **labels: str) -
     if count <= 0:
         return None
     return (total(after, histogram + "_sum", **labels) - total(before, histogram + "_sum", **labels)) / count
-
-
-def delta_count(before: Samples, after: Samples, histogram: str, **labels: str) -> float:
-    return total(after, histogram + "_count", **labels) - total(before, histogram + "_count", **labels)

@@ -69,6 +69,11 @@ def write(results: dict[str, Any], md_path: Path, json_path: Path, analysis: Pat
     md_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     text = render(results)
+    generation = json_path.with_name("generation.json")  # `radapt bench --generation` writes it
+    if generation.exists():
+        from bench.generation import render as render_generation
+
+        text += "\n" + render_generation(json.loads(generation.read_text()))
     if analysis is not None and analysis.exists():
         text += "\n" + analysis.read_text()
     md_path.write_text(text)

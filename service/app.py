@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
+from fastapi_offline import FastAPIOffline
 
 from service.engine.engine import Engine
 from service.errors import error_response, install_handlers
-from service.media import MediaLimits
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -88,9 +88,12 @@ def create_app(settings: Settings, engine: Engine | None = None,
     """The app. ``on_fatal`` is called if the background model load fails (``radapt serve`` exits)."""
     owns_engine = engine is None
     engine = engine if engine is not None else Engine(settings)
+    if engine.settings is not settings:
+        raise ValueError("create_app(settings, engine): pass the engine's own settings (one Settings object)")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()  # `radapt serve` starts the drain on it from SIGTERM
         task = None
         if owns_engine:
             task = asyncio.create_task(_start(engine, on_fatal))
@@ -103,10 +106,10 @@ def create_app(settings: Settings, engine: Engine | None = None,
                     await task
                 await engine.stop()
 
-    app = FastAPI(title="R-Adapt Serve", version="0.1.0", lifespan=lifespan,
-                  description="CLIP, LLaVA and Qwen-VL with R-Adapt robustness, switchable per request.")
+    # /docs and /redoc from assets in the fastapi-offline package, not a CDN: they work offline
+    app = FastAPIOffline(title="R-Adapt Serve", version="0.1.0", lifespan=lifespan, static_url="/docs-assets",
+                         description="CLIP, LLaVA and Qwen-VL with R-Adapt robustness, switchable per request.")
     app.state.engine, app.state.settings, app.state.metrics = engine, settings, engine.metrics
-    app.state.limits = MediaLimits.of(settings)
     install_handlers(app, engine.metrics.count_error)
     from service.routes import adapters, chat, classify, embeddings, health, metrics, models, tasks
 

@@ -14,6 +14,7 @@ COMMANDS = {
     "eval": "eval",
     "serve": "serve",
     "bench": "bench",
+    "soak": "soak",
 }
 
 

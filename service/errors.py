@@ -89,21 +89,24 @@ STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
                 415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
 
+# HTTPExceptions raised below our code (FastAPI's body parsing, the body-size middleware) get the
+# same codes our own errors use for the same fault
+BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
+def _http_code(exc: StarletteHTTPException) -> tuple[int, str, str]:
+    """(status, code, message) of an HTTPException, in the service's vocabulary."""
+    if exc.status_code == 413:
+        return 413, "payload_too_large", str(exc.detail)
+    if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
+        return 400, "invalid_json", "request body is not valid JSON (send UTF-8 JSON)"
+    return exc.status_code, f"http_{exc.status_code}", str(exc.detail)
+
+
 def error_response(status: int, message: str, type_: str, code: str,
                    headers: dict[str, str] | None = None) -> Response:
     body = json.dumps({"error": {"message": message, "type": type_, "code": code}})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
-
-
-def reason_of(exc: BaseException) -> str:
-    """The bounded ``reason`` label of radapt_errors_total for an exception."""
-    if isinstance(exc, ServiceError):
-        return exc.code
-    if isinstance(exc, RequestValidationError):
-        return "validation"
-    if isinstance(exc, StarletteHTTPException):
-        return f"http_{exc.status_code}"
-    return "internal_error"
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
@@ -140,9 +143,10 @@ def install_handlers(app: FastAPI, count_error: Any) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        count_error(f"http_{exc.status_code}")
-        return error_response(exc.status_code, str(exc.detail), STATUS_TYPES.get(exc.status_code, "server_error"),
-                              f"http_{exc.status_code}", getattr(exc, "headers", None))
+        status, code, message = _http_code(exc)
+        count_error(code)
+        return error_response(status, message, STATUS_TYPES.get(status, "server_error"), code,
+                              getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

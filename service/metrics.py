@@ -38,6 +38,12 @@ class Metrics:
         self.batch_size = Histogram("radapt_batch_size", "work items per forward", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("radapt_queue_depth", "work items waiting", ["model"], registry=r)
+        self.running_sequences = Gauge("radapt_running_sequences", "generations decoding right now", ["model"],
+                                       registry=r)
+        self.generated_tokens = Counter("radapt_generated_tokens", "tokens generated", ["model"], registry=r)
+        self.time_to_first_token = Histogram("radapt_time_to_first_token_seconds",
+                                             "prefill time of a generation (its first token)", ["model"],
+                                             buckets=DURATION_BUCKETS, registry=r)
         self.robust_requests = Counter("radapt_robust_requests", "work items by R-Adapt mode",
                                        ["model", "mode"], registry=r)
         self.adapter_ops = Counter("radapt_adapter_operations", "adapter loads, swaps and removals", ["op"],

@@ -82,14 +82,18 @@ class Settings(BaseSettings):
     adapters: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra adapters at start, NAME=FILE (attached to the first model they fit)")
     adapter_dir: Path | None = Field(None, description="folder POST /v1/adapters may load adapter files from")
-    sigma: float | None = Field(None, ge=0.0, le=16.0, description="filter sigma of the default adapter (pixels)")
+    sigma: float | None = Field(None, ge=0.0, le=8.0, description="filter sigma of the default adapter (pixels)")
     alpha: float | None = Field(None, ge=0.0, le=1.0, description="anchor weight of the default adapter")
     default_robust: bool = Field(False, description="what a request that does not say `robust` gets")
+    allow_weight_mismatch: bool = Field(False, description="load adapters whose weight digest differs from the "
+                                        "model's (another checkpoint of the architecture), with a warning")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda:N")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 where the hardware computes it (CUDA with bf16, CPUs with "
+        "AVX512-BF16 or AMX), else float16 on CUDA and float32 on CPU")
     # network
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
     api_key: SecretStr | None = Field(None, description="Bearer key for inference endpoints (none = open)")
     admin_key: SecretStr | None = Field(None, description="Bearer key for adapter management (none = api_key)")
     # batching and admission
@@ -100,21 +104,32 @@ class Settings(BaseSettings):
     preprocess_workers: int = Field(2, ge=1, le=64, description="threads that decode and preprocess images")
     label_cache_size: int = Field(4096, ge=0, description="text embeddings of labels kept (LRU)")
     warmup: bool = Field(True, description="run one batch per task at load before reporting ready")
-    # generation
+    # generation (continuous batching)
     max_new_tokens: int = Field(64, ge=1, le=4096, description="default generation length")
     max_new_tokens_limit: int = Field(512, ge=1, le=32768, description="most tokens a request may ask for")
+    max_running_requests: int = Field(32, ge=1, le=1024,
+                                      description="generations decoding at once per model (rows of one forward)")
+    max_batch_tokens: int = Field(65536, ge=64, description="KV-cache tokens the running generations of a model "
+                                  "may reserve (prompt + max_tokens each); bounds memory per model")
+    switch_interval_ms: float = Field(0.5, gt=0.0, le=100.0, description="Python's GIL switch interval in the "
+                                      "server process: the model thread runs Python between kernels, and a short "
+                                      "interval lets HTTP and preprocessing threads in without waiting up to 5 ms")
+    shutdown_grace_s: float | None = Field(None, gt=0.0, le=3600.0, description="on SIGTERM, how long in-flight "
+                                           "work may finish before it gets 503 (default: request_timeout_s + 5)")
     # input limits
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body")
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=64, description="largest encoded image")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
+    max_image_aspect_ratio: float = Field(50.0, ge=1.0, le=1000.0,
+                                          description="longest image side over its shortest")
     max_labels: int = Field(1000, ge=1, description="labels per classify request")
     max_inputs: int = Field(256, ge=1, description="inputs per embeddings request")
     max_text_chars: int = Field(8192, ge=1, description="longest text input or label")
     max_images_per_request: int = Field(8, ge=1, description="images in one chat request")
     # remote images
     allow_remote_images: bool = Field(False, description="fetch http(s) image URLs (public addresses only)")
-    remote_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
-    remote_max_bytes: int = Field(8 * 1024 * 1024, ge=64)
+    remote_timeout_s: float = Field(5.0, gt=0.0, le=120.0, description="whole fetch of a remote image, seconds")
+    remote_max_bytes: int = Field(8 * 1024 * 1024, ge=64, description="largest remote image body")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any,
@@ -164,6 +179,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> "Settings":
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("max_new_tokens exceeds max_new_tokens_limit; raise the limit or lower the default")
+        if self.shutdown_grace_s is None:
+            self.shutdown_grace_s = self.request_timeout_s + 5.0
         if self.max_image_bytes > self.max_body_bytes:
             raise ValueError("max_image_bytes exceeds max_body_bytes; an image that large could never arrive")
         return self
@@ -173,6 +190,8 @@ def load_settings(**values: Any) -> Settings:
     """Build Settings from explicit values (None = not given), the environment and the config file.
 
     Raises SettingsError whose message names each bad setting, its flag/variable and the fix.
+    The hint names a ``--flag`` only for settings passed in ``values`` (those ``radapt serve`` has
+    flags for); the others are set by ``RADAPT_*`` variables or the config file.
     """
     given = {k: v for k, v in values.items() if v is not None}
     try:
@@ -181,7 +200,8 @@ def load_settings(**values: Any) -> Settings:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
-            flag = FLAGS.get(field, field.replace("_", "-"))
-            hint = f" (--{flag} / RADAPT_{field.upper()})" if err["loc"] else ""
+            where = [f"--{FLAGS.get(field, field.replace('_', '-'))}"] if field in values else []
+            where += [f"RADAPT_{field.upper()}", f"'{field}' in the config file"]
+            hint = f" ({' / '.join(where)})" if err["loc"] else ""
             lines.append(f"{field}{hint}: {err['msg']}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -48,15 +49,20 @@ def run_build(args: argparse.Namespace) -> int:
     from adapters.loading import ModelLoadError, load_model
     from adapters.model import RAdaptModel
 
+    problem = check_build_args(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         served = load_model(args.model, device=args.device, dtype="float32")
+        if args.method == "data" and served.family not in ("clip", "llava"):
+            print(f"error: --method data trains fixed-resolution anchors (CLIP, LLaVA); {args.model} is "
+                  f"{served.family}, whose images have variable grids: use --method white or guided", file=sys.stderr)
+            return 2
         rmodel = RAdaptModel.from_loaded(served)
         if args.method == "white":
             adapter = white_adapter(rmodel, args.sigma, args.alpha, source=f"white:{args.model}")
         elif args.method == "guided":
-            if not args.robust_model:
-                print("error: --method guided needs --robust-model", file=sys.stderr)
-                return 2
             adapter = guided_adapter(rmodel, robust_rmodel(args.robust_model, served, args.device),
                                      args.sigma, args.alpha, source=f"guided:{args.robust_model}")
         else:
@@ -73,6 +79,23 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"wrote {args.method} adapter to {args.out} ({tuple(adapter.anchor.shape)} anchor, "
           f"sigma={adapter.config.sigma}, alpha={adapter.config.alpha})")
     return 0
+
+
+def check_build_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, found before any model loads (None when nothing is)."""
+    from adapters.config import MAX_SIGMA
+
+    if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
+        return f"--alpha must be in [0, 1], got {args.alpha}"
+    if args.sigma is not None and not 0.0 <= args.sigma <= MAX_SIGMA:
+        return f"--sigma must be in [0, {MAX_SIGMA:g}] pixels, got {args.sigma}"
+    if args.method == "guided" and not args.robust_model:
+        return "--method guided needs --robust-model (a robust checkpoint of the same architecture, e.g. FARE)"
+    if args.method != "guided" and args.robust_model:
+        return f"--robust-model is only used by --method guided (not {args.method})"
+    if args.method == "data" and not getattr(args, "images", None):
+        return "--method data needs --images DIR (a folder of unlabelled images)"
+    return None
 
 
 def robust_rmodel(name: str, served: LoadedModel, device: str) -> RAdaptModel:
@@ -103,7 +126,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = adapter.config
+    fingerprint = json.loads(cfg.fingerprint.to_json())
+    if fingerprint.get("weights"):  # a long sketch: show a short, stable handle of it
+        fingerprint["weights"] = "sha256:" + hashlib.sha256(fingerprint["weights"].encode()).hexdigest()[:16]
     print(json.dumps({"method": cfg.method, "sigma": cfg.sigma, "alpha": cfg.alpha, "source": cfg.source,
-                      "fingerprint": json.loads(cfg.fingerprint.to_json()), "extra": cfg.extra,
+                      "fingerprint": fingerprint, "extra": cfg.extra,
                       "anchor_shape": list(adapter.anchor.shape)}, indent=2))
     return 0

@@ -2,6 +2,7 @@
 
     radapt bench                 # full run: ViT-B/32 (random weights), float32 and bfloat16, the peer
     radapt bench --quick         # under a minute: builtin:tiny-clip, float32, no peer
+    radapt bench --generation    # continuous batching on tiny-llava and tiny-qwen2-vl (add --quick: tiny-llava)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark the server (latency, throughput, robust-mode cost, a peer)")
     p.add_argument("--quick", action="store_true", help="tiny model, short points, no peer (under a minute)")
+    p.add_argument("--generation", action="store_true",
+                   help="the generation section instead: head-of-line, 16 vs 1 clients, robust cost, CPU per token")
     p.add_argument("--model", help="model to serve (default builtin:clip-vit-b32-random; quick: builtin:tiny-clip)")
     p.add_argument("--dtype", action="append", dest="dtypes", choices=["float32", "bfloat16", "float16"],
                    help="dtype to measure (repeatable; default float32 and bfloat16)")
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.server import ServerError
 
     out = Path(args.out) if args.out else None
+    if args.generation:
+        return run_generation(args, out)
     cfg = quick_config(out) if args.quick else BenchConfig()
     changes: dict[str, object] = {}
     for key in ("model", "device", "batch_size", "rounds"):
@@ -70,4 +75,49 @@ def run(args: argparse.Namespace) -> int:
         missed = [k for k, t in s["targets"].items() if t["met"] is False]
         print(f"{dtype}: serving/limit {s['ratios']['serving_vs_limit']}, "
               f"targets missed: {', '.join(missed) or 'none'}")
+    return 0
+
+
+def run_generation(args: argparse.Namespace, out: Path | None) -> int:
+    import json
+    from dataclasses import replace
+
+    from bench import report
+    from bench.generation import GenConfig, quick_config, run_generation_bench
+    from bench.server import ServerError
+
+    cfg = quick_config(out) if args.quick else GenConfig()
+    changes: dict[str, object] = {}
+    if args.model:
+        changes["models"] = (args.model,)
+    if args.device:
+        changes["device"] = args.device
+    if args.dtypes:
+        changes["dtype"] = args.dtypes[0]
+    if args.point_seconds is not None:
+        changes["point_s"] = args.point_seconds
+    if args.rounds is not None:
+        changes["rounds"] = args.rounds
+    if out is not None and not args.quick:
+        changes["results_json"] = out / "generation.json"
+    cfg = replace(cfg, **changes)
+    try:
+        results = run_generation_bench(cfg)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    clip_json = cfg.results_json.with_name("results.json")
+    md = cfg.results_json.with_name("RESULTS.md")
+    if clip_json.exists():  # RESULTS.md carries both sections
+        analysis = clip_json.with_name("ANALYSIS.md")
+        report.write(json.loads(clip_json.read_text()), md, clip_json, analysis if analysis.exists() else None)
+    else:
+        from bench.generation import render
+
+        md.write_text("# R-Adapt Serve benchmark results\n\n" + render(results))
+    print(f"wrote {cfg.results_json} and {md}")
+    for model, checks in results["targets"].items():
+        missed = [k for k, t in checks.items() if not t["met"]]
+        print(f"{model}: " + ", ".join(f"{k} {t['value']}" for k, t in checks.items())
+              + f"; targets missed: {', '.join(missed) or 'none'}")
     return 0

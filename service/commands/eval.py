@@ -1,4 +1,9 @@
-"""``radapt eval``: zero-shot clean and robust accuracy, standard mode vs R-Adapt configurations."""
+"""``radapt eval``: clean and robust scores, standard mode vs R-Adapt configurations.
+
+``--task classify`` (default): zero-shot accuracy of a CLIP model on an ImageFolder.
+``--task caption|vqa``: CIDEr / VQA accuracy of a LLaVA or Qwen-VL model under attacks on the
+language-model loss of the references (``adapters.lvlm_eval``).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,23 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="clean and robust zero-shot accuracy on an ImageFolder",
+    p = sub.add_parser("eval", help="clean and robust zero-shot accuracy, captioning CIDEr or VQA accuracy",
                        description="Attack standard mode and each R-Adapt configuration through its own "
-                                   "forward pass; write results.json, results.md and accuracy.png.")
-    p.add_argument("--model", required=True, help="a CLIP model: hub id, local folder or builtin: name")
+                                   "forward pass; write results.json, results.md and a plot.")
+    p.add_argument("--task", choices=("classify", "caption", "vqa"), default="classify",
+                   help="classify (CLIP, ImageFolder; default), caption (DIR/captions.json) or vqa "
+                        "(DIR/vqa.json) with a LLaVA or Qwen-VL model")
+    p.add_argument("--model", required=True, help="hub id, local folder or builtin: name (CLIP for classify, "
+                                                  "LLaVA / Qwen-VL for caption and vqa)")
     p.add_argument("--adapter", action="append", default=[], metavar="FILE",
                    help="an adapter file to evaluate (repeatable); the default white anchor always runs")
-    p.add_argument("--dataset", required=True, help="ImageFolder: one subfolder per class, name = class")
-    p.add_argument("--eps", default="1,2,4", help="L-inf radii in 1/255, comma separated (default 1,2,4)")
-    p.add_argument("--attack", default="apgd-ce,apgd-t",
-                   help="comma separated from apgd-ce, apgd-t, pgd (default apgd-ce,apgd-t)")
+    p.add_argument("--dataset", required=True, help="classify: ImageFolder (one subfolder per class, name = "
+                                                    "class); caption / vqa: folder with captions.json / vqa.json")
+    p.add_argument("--eps", default=None, help="L-inf radii in 1/255, comma separated (default 1,2,4 for "
+                                                "classify, 2,4 for caption and vqa)")
+    p.add_argument("--attack", default=None,
+                   help="comma separated; classify: apgd-ce, apgd-t, pgd (default apgd-ce,apgd-t); "
+                        "caption / vqa: apgd, pgd on the reference loss (default apgd)")
     p.add_argument("--steps", type=int, default=100, help="iterations per attack (default 100)")
     p.add_argument("--n", type=int, default=None, help="images to evaluate, balanced over classes (default all)")
     p.add_argument("--out", required=True, help="output folder")
@@ -30,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of image sampling and attack starts")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("caption and vqa")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="generated tokens (default 20 caption, 5 vqa)")
+    g.add_argument("--prompt", default=None, help="instruction; vqa: with {question} (defaults in docs/robustness.md)")
+    g.add_argument("--max-refs", type=int, default=5, help="references whose loss the attack raises (default 5)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="model dtype for the attacks (default float32)")
     p.set_defaults(func=run)
 
 
@@ -47,13 +65,15 @@ def parse_floats(text: str, what: str) -> list[float]:
     return values
 
 
-def parse_attacks(text: str) -> list[str]:
+def parse_attacks(text: str, task: str = "classify") -> list[str]:
     from adapters.attacks import ATTACKS
+    from adapters.lvlm_attacks import LVLM_ATTACKS
 
+    allowed = ATTACKS if task == "classify" else LVLM_ATTACKS
     names = [a.strip().lower() for a in text.split(",") if a.strip()]
-    bad = [a for a in names if a not in ATTACKS]
+    bad = [a for a in names if a not in allowed]
     if bad or not names:
-        raise UsageError(f"--attack takes {', '.join(ATTACKS)}; got {text!r}")
+        raise UsageError(f"--attack takes {', '.join(allowed)} with --task {task}; got {text!r}")
     return list(dict.fromkeys(names))
 
 
@@ -108,18 +128,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.task != "classify":
+        from service.commands.eval_lvlm import run_lvlm
+
+        return run_lvlm(args)
     import torch
 
     from adapters import load_adapter
-    from adapters.acquire import white_adapter
-    from adapters.evaluate import EvalConfig, evaluate, sweep_configs
+    from adapters.evaluate import comparison_configs, evaluate, sweep_configs
     from adapters.imagefolder import ImageFolder, load_pixels
     from adapters.loading import load_model
     from adapters.model import RAdaptModel
     from adapters.report import markdown_table, write_reports
     from adapters.zeroshot import class_embeddings, logit_scale_of
 
-    eps, attacks = parse_floats(args.eps, "--eps"), parse_attacks(args.attack)
+    eps, attacks = parse_floats(args.eps or "1,2,4", "--eps"), parse_attacks(args.attack or "apgd-ce,apgd-t")
     if any(e < 0 for e in eps):
         raise UsageError("--eps values must be >= 0")
     if args.steps < 1 or args.batch_size < 1 or (args.n is not None and args.n < 1):
@@ -138,12 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"radapt eval classifies zero-shot and needs a CLIP model; {args.model} is "
                          f"{loaded.family}")
     rmodel = RAdaptModel.from_loaded(loaded)
-    for _, adapter in adapters:
-        adapter.config.fingerprint.check_fits(rmodel.fingerprint)
-    white = white_adapter(rmodel, source=f"white:{args.model}")
-    configs = [EvalConfig("standard", None),
-               EvalConfig(f"white sigma={white.config.sigma:g} alpha={white.config.alpha:g}", white)]
-    configs += [EvalConfig(f"{name} ({a.config.method})", a) for name, a in adapters]
+    white, configs = comparison_configs(rmodel, adapters, source=f"white:{args.model}")
     sweep = [] if grid is None else sweep_configs(white, grid["sigma"], grid["alpha"])
 
     picked = dataset.subset(args.n, args.seed)

@@ -1,13 +1,14 @@
 """The dynamic batcher: one asyncio task per model that owns its queue.
 
-    item = WorkItem(kind="image", payload=..., adapter="default")
-    batcher.submit(item)                 # raises Overloaded (429) when the queue is full
-    done = await batcher.wait(item, 30)  # Done(value, queue_time, inference_time) or the item's error
+    item = WorkItem(WorkKind.IMAGE, payload=..., adapter="default", deadline=...)
+    batcher.submit(item)             # raises Overloaded (429) when the queue is full
+    done = await batcher.wait(item)  # Done(value, adapter_id, queue_time, inference_time) or the item's error
 
 The loop takes the first waiting item, then whatever else is queued, then waits at most
 ``max_wait`` for the batch to fill to ``max_batch``. Items whose future is already done (client
 gone, timed out) are skipped; items past their deadline get 504 without running. The forward runs
-in the model's own thread; an exception fails only that batch's items and the loop goes on.
+in the model's own thread; if a whole batch raises, its items run again one by one so that only
+the item that fails gets the error, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -18,37 +19,26 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from service.engine.work import Output, WorkItem
 from service.errors import InferenceFailed, NotReady, Overloaded, RequestTimeout, ServiceError
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class WorkItem:
-    """One unit of model work: an image, a text or a generation prompt (runner-specific payload)."""
-
-    kind: str
-    payload: Any
-    adapter: str | None = None  # adapter name; None = standard mode
-    adapter_id: str | None = None  # uid of the Adapter object that ran (set by the runner)
-    future: asyncio.Future = field(default=None)  # type: ignore[assignment]  # set by submit
-    enqueued: float = 0.0
-    deadline: float = float("inf")
-
-
 @dataclass(frozen=True)
 class Done:
     value: Any
+    adapter_id: str | None  # the adapter object that ran (None = standard mode)
     queue_time: float
     inference_time: float
 
 
-# (items, adapter snapshot) -> one result or Exception per item; runs in the model thread
-BatchFn = Callable[[list[WorkItem], Mapping[str, Any]], list[Any]]
+# (items, adapter snapshot) -> one Output or Exception per item; runs in the model thread
+BatchFn = Callable[[list[WorkItem], Mapping[str, Any]], list[Output | Exception]]
 
 
 class Batcher:
@@ -71,6 +61,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{model}")
         self._task: asyncio.Task | None = None
         self.busy_since: float | None = None  # loop time when the running forward started
+        self._running: list[WorkItem] = []  # the batch in the forward now
         self._depth = metrics.queue_depth.labels(model=model)
         self._queue_hist = metrics.queue_duration.labels(model=model)
         self._infer_hist = metrics.inference_duration.labels(model=model)
@@ -95,6 +86,14 @@ class Batcher:
                 item.future.set_exception(NotReady("server is shutting down"))
         self._executor.shutdown(wait=True)
 
+    def abort_all(self, error: ServiceError) -> None:
+        """Fail every queued item and the batch in the forward with ``error`` (end of a drain)."""
+        for item in [*self._items, *self._running]:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._items.clear()
+        self._depth.set(0)
+
     @property
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -110,13 +109,15 @@ class Batcher:
         return len(self._items)
 
     # admission
-    def submit(self, item: WorkItem, timeout: float | None = None) -> WorkItem:
+    def submit(self, item: WorkItem) -> WorkItem:
+        """Queue ``item`` (its ``deadline`` already set by the engine; else now + timeout)."""
         if not self.alive:
             raise NotReady(f"model {self.model} is not serving yet")
         loop = asyncio.get_running_loop()
         item.future = loop.create_future()
         item.enqueued = time.monotonic()
-        item.deadline = item.enqueued + (timeout or self.timeout)
+        if item.deadline == float("inf"):
+            item.deadline = item.enqueued + self.timeout
         if len(self._items) >= self.max_queue:
             self._items = deque(i for i in self._items if not i.future.done())  # timed out / client gone
             if len(self._items) >= self.max_queue:
@@ -135,7 +136,7 @@ class Batcher:
             return await asyncio.wait_for(asyncio.shield(item.future), max(remaining, 0.0))
         except asyncio.TimeoutError:
             item.future.cancel()
-            raise RequestTimeout(f"request did not finish within {self.timeout:g} s") from None
+            raise RequestTimeout("request did not finish within its deadline") from None
         except asyncio.CancelledError:
             item.future.cancel()  # our caller went away: never run it
             raise
@@ -198,20 +199,11 @@ class Batcher:
         for item in batch:
             self._queue_hist.observe(start - item.enqueued)
         snapshot = self._snapshot()  # one adapter view for the whole batch
-        self.busy_since = start
+        self.busy_since, self._running = start, batch
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, batch, snapshot)
-            if len(results) != len(batch):
-                raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} items")
-        except Exception as exc:
-            log.error("batch of %d on %s failed: %s: %s", len(batch), self.model, type(exc).__name__, exc)
-            err = exc if isinstance(exc, ServiceError) else InferenceFailed("inference failed for this batch")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(err)
-            return
+            results = await loop.run_in_executor(self._executor, self._run_isolated, batch, snapshot)
         finally:
-            self.busy_since = None
+            self.busy_since, self._running = None, []
         elapsed = time.monotonic() - start
         self._infer_hist.observe(elapsed)
         self._batch_hist.observe(len(batch))
@@ -221,4 +213,31 @@ class Batcher:
             if isinstance(result, BaseException):
                 item.future.set_exception(result)
             else:
-                item.future.set_result(Done(result, start - item.enqueued, elapsed))
+                item.future.set_result(Done(result.value, result.adapter_id, start - item.enqueued, elapsed))
+
+    def _run_isolated(self, batch: list[WorkItem], snapshot: Mapping[str, Any]) -> list[Output | Exception]:
+        """Model thread: the batch at once; if it raises, each item alone (only failing items fail)."""
+        try:
+            return self._checked(batch, snapshot)
+        except Exception as exc:
+            log.error("batch of %d on %s failed (%s: %s)%s", len(batch), self.model, type(exc).__name__, exc,
+                      "; running its items one by one" if len(batch) > 1 else "")
+            if len(batch) == 1:
+                return [_as_error(exc)]
+        results: list[Output | Exception] = []
+        for item in batch:
+            try:
+                results += self._checked([item], snapshot)
+            except Exception as exc:
+                results.append(_as_error(exc))
+        return results
+
+    def _checked(self, batch: list[WorkItem], snapshot: Mapping[str, Any]) -> list[Output | Exception]:
+        results = self._run_batch(batch, snapshot)
+        if len(results) != len(batch):
+            raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} items")
+        return results
+
+
+def _as_error(exc: Exception) -> Exception:
+    return exc if isinstance(exc, ServiceError) else InferenceFailed("inference failed for this item")

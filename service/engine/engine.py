@@ -1,61 +1,44 @@
-"""The engine: served models, their adapters and batchers, usable without HTTP.
+"""The engine: the one typed API of the service, usable without HTTP.
 
     async with Engine(load_settings(models=["builtin:tiny-clip"])) as engine:
         result = await engine.classify(image, ["cat", "dog"], robust=True)
+        reply = await engine.generate(messages, max_tokens=32)          # on a chat model
 
-``start()`` loads every model (in a thread), injects R-Adapt, builds the white "default" adapter,
-attaches the adapters named in the settings, warms each runner up and starts one batcher per
-model. Task methods live in ``service.engine.tasks`` and are bound here.
+Every call goes the same way: the model and mode are resolved, every limit of the one ``Settings``
+is checked, admission answers 429 before any expensive work, and one deadline (``request_timeout_s``
+from the call) covers decoding, preprocessing, the queue and the model; then the work goes to the
+model's dynamic batcher (CLIP) or continuous-batching scheduler (chat). Results say which model,
+mode and adapter ran and how long the call waited (``queue_time``: everything but the model's own
+time) and ran. ``drain()`` stops admission and lets in-flight work finish (SIGTERM).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from adapters import RAdaptModel
-from adapters.acquire import white_adapter
+import numpy as np
+
 from adapters.loading import LoadedModel, ModelLoadError, load_model
-from service.adapters_manager import DEFAULT, AdapterStore, parse_file
-from service.engine.batcher import Batcher, Done, WorkItem
-from service.errors import BadRequest, NotFound, NotReady, ServiceError
+from service.adapters_manager import DEFAULT
+from service.engine.generation import Generating, SamplingRequest, split_messages
+from service.engine.models import ServedModel, attach_adapters, load_served
+from service.engine.sampling import MAX_STOP_CHARS, MAX_STOP_STRINGS, MIN_TEMPERATURE, SamplingParams
+from service.engine.scheduler import GenerationRequest, TokenStream
+from service.engine.tasks import ImageInput, TaskResult, decode_any, to_image
+from service.engine.work import WorkItem, WorkKind
+from service.errors import BadRequest, NotFound, NotReady, Overloaded, PayloadTooLarge, RequestTimeout
 from service.media import MediaLimits
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import DEFAULT_TEMPLATE, Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ServedModel:
-    name: str
-    family: str
-    loaded: LoadedModel
-    rmodel: RAdaptModel
-    runner: Any  # ClipRunner | VlmRunner
-    adapters: AdapterStore
-    batcher: Batcher
-    load_seconds: float
-
-    @property
-    def tasks(self) -> frozenset[str]:
-        return self.runner.tasks
-
-
-def make_runner(loaded: LoadedModel, rmodel: RAdaptModel, settings: Settings) -> Any:
-    if loaded.family == "clip":
-        from service.runners.clip import ClipRunner
-
-        return ClipRunner(loaded, rmodel, settings.label_cache_size)
-    from service.runners.vlm import VlmRunner
-
-    return VlmRunner(loaded, rmodel, settings)
 
 
 class Engine:
@@ -63,15 +46,18 @@ class Engine:
                  loader: Callable[..., LoadedModel] = load_model) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
-        self.limits = MediaLimits.of(settings)  # default; an app passes its own per request
+        self.limits = MediaLimits.of(settings)
         self._loader = loader
         self.models: dict[str, ServedModel] = {}
         self.pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="preprocess")
-        self.state = "created"  # created | loading | ready | failed | stopped
+        self.state = "created"  # created | loading | ready | draining | failed | stopped
+        self.started = int(time.time())  # `created` of the model objects (OpenAI's unix seconds)
         self.error: str | None = None
+        self._in_flight: dict[str, int] = {}
+        self._idle = asyncio.Event()
 
     # lifecycle
-    async def __aenter__(self) -> "Engine":
+    async def __aenter__(self) -> Engine:
         await self.start()
         return self
 
@@ -79,12 +65,13 @@ class Engine:
         await self.stop()
 
     async def start(self) -> None:
-        """Load, adapt and warm up every model, then start the batchers. Raises ModelLoadError."""
+        """Load, adapt and warm up every model, then start their workers. Raises ModelLoadError."""
         self.state = "loading"
         try:
             for name in self.settings.models:
-                self.models[name] = await asyncio.to_thread(self._load, name)
-            await asyncio.to_thread(self._attach_configured_adapters)
+                self.models[name] = await asyncio.to_thread(load_served, name, self.settings, self.metrics,
+                                                            self._loader)
+            await asyncio.to_thread(attach_adapters, self.models, self.settings.adapters)
             if self.settings.warmup:
                 for served in self.models.values():
                     await asyncio.to_thread(served.runner.warmup, served.adapters.snapshot())
@@ -92,43 +79,33 @@ class Engine:
             self.state, self.error = "failed", str(exc)
             raise
         for served in self.models.values():
-            served.batcher.start()
+            served.worker.start()
         self.state = "ready"
+
+    async def drain(self, grace: float) -> None:
+        """Admit nothing new; wait up to ``grace`` s for in-flight calls, then fail the rest with 503."""
+        if self.state != "ready":
+            return
+        self.state = "draining"
+        log.info("draining: %d calls in flight, grace %.0f s", sum(self._in_flight.values()), grace)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wait_idle(), grace)
+        left = sum(self._in_flight.values())
+        if left:
+            log.warning("drain grace over: %d calls still in flight get 503", left)
+            for served in self.models.values():
+                served.worker.abort_all(NotReady("server is shutting down", "shutting_down"))
+
+    async def _wait_idle(self) -> None:
+        while sum(self._in_flight.values()):
+            self._idle.clear()
+            await self._idle.wait()
 
     async def stop(self) -> None:
         for served in self.models.values():
-            await served.batcher.stop()
+            await served.worker.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.state = "stopped"
-
-    def _load(self, name: str) -> ServedModel:
-        start = time.monotonic()
-        loaded = self._loader(name, device=self.settings.device, dtype=self.settings.dtype)
-        rmodel = RAdaptModel.from_loaded(loaded)
-        store = AdapterStore(name, rmodel.fingerprint, loaded.device, loaded.dtype, self.metrics)
-        store.put(DEFAULT, white_adapter(rmodel, self.settings.sigma, self.settings.alpha, source=f"white:{name}"))
-        runner = make_runner(loaded, rmodel, self.settings)
-        s = self.settings
-        batcher = Batcher(name, runner.run_batch, store.snapshot, self.metrics, s.max_batch_size,
-                          s.max_wait_ms / 1000.0, s.max_queue, s.request_timeout_s)
-        seconds = time.monotonic() - start
-        self.metrics.model_load_duration.labels(model=name).set(seconds)
-        log.info("serving %s (%s) on %s, %s; loaded in %.1f s", name, loaded.family, loaded.device,
-                 loaded.dtype, seconds)
-        return ServedModel(name, loaded.family, loaded, rmodel, runner, store, batcher, seconds)
-
-    def _attach_configured_adapters(self) -> None:
-        for spec in self.settings.adapters:
-            name, _, path = spec.partition("=")
-            try:
-                adapter = parse_file(Path(path).expanduser())
-            except ServiceError as exc:
-                raise ModelLoadError(f"--adapter {spec}: {exc.message}") from None
-            fits = [m for m in self.models.values() if _fits(adapter, m)]
-            if not fits:
-                raise ModelLoadError(f"--adapter {spec}: fits none of the served models "
-                                     f"({', '.join(self.models)}); build it with `radapt adapter build --model ...`")
-            fits[0].adapters.put(name, adapter)
 
     # lookups
     @property
@@ -137,10 +114,12 @@ class Engine:
 
     def wedged(self) -> list[str]:
         after = max(60.0, 2 * self.settings.request_timeout_s)
-        return [name for name, m in self.models.items() if m.batcher.wedged(after)]
+        return [name for name, m in self.models.items() if m.worker.wedged(after)]
 
     def get(self, model: str | None, task: str) -> ServedModel:
         if not self.ready:
+            if self.state == "draining":
+                raise NotReady("server is shutting down; retry on another replica", "shutting_down")
             raise NotReady("models are still loading; retry shortly" if self.state in ("created", "loading")
                            else f"server is not serving ({self.state})", headers={"Retry-After": "5"})
         if model is None:
@@ -167,30 +146,223 @@ class Engine:
         robust = self.settings.default_robust if robust is None else robust
         return DEFAULT if robust else None
 
-    # execution
-    async def in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+    # admission, deadline, pool
+    def _admit(self, served: ServedModel) -> float:
+        """The one admission path: 429 while the model already holds ``max_queue`` calls, before any
+        expensive work. Returns the call's deadline; the caller must ``_release`` once done."""
+        name = served.name
+        if self._in_flight.get(name, 0) >= self.settings.max_queue:
+            raise Overloaded(f"model {name} has {self._in_flight[name]} requests in flight; retry later",
+                             headers={"Retry-After": "1"})
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        return time.monotonic() + self.settings.request_timeout_s
 
-    async def run(self, served: ServedModel, items: list[WorkItem]) -> list[Done]:
+    def _release(self, served: ServedModel) -> None:
+        self._in_flight[served.name] -= 1
+        if not sum(self._in_flight.values()):
+            self._idle.set()
+
+    @contextlib.contextmanager
+    def _admitted(self, served: ServedModel) -> Iterator[float]:
+        deadline = self._admit(served)
+        try:
+            yield deadline
+        finally:
+            self._release(served)
+
+    async def in_pool(self, deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in the preprocessing pool, answering 504 at ``deadline`` (queue wait included)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RequestTimeout("request deadline passed before its inputs were decoded")
+        future = asyncio.get_running_loop().run_in_executor(self.pool, _unless_late, deadline, fn, *args)
+        try:
+            return await asyncio.wait_for(future, left)
+        except asyncio.TimeoutError:
+            raise RequestTimeout("request deadline passed while decoding its inputs") from None
+
+    async def _images(self, deadline: float, refs: Sequence[ImageInput], limits: MediaLimits) -> list[Any]:
+        """Fetch and decode one image after another: a request holds at most one pool thread at a time."""
+        out = []
+        for ref in refs:
+            raw = await to_image(ref, limits)
+            out.append(await self.in_pool(deadline, decode_any, raw, limits))
+        return out
+
+    async def _run(self, served: ServedModel, items: list[WorkItem], deadline: float) -> list[Any]:
         """Queue ``items`` (all or none admitted) and wait for all of them."""
-        batcher = served.batcher
+        batcher = served.worker
         admitted: list[WorkItem] = []
         try:
             for item in items:
+                item.deadline = deadline
                 admitted.append(batcher.submit(item))
-            counter = self.metrics.robust_requests
-            for item in items:
-                counter.labels(model=served.name, mode="standard" if item.adapter is None else "robust").inc()
             return await asyncio.gather(*(batcher.wait(item) for item in admitted))
         except BaseException:
             for item in admitted:
                 item.future.cancel()
             raise
 
+    def _count_mode(self, served: ServedModel, adapter: str | None, n: int = 1) -> None:
+        mode = "standard" if adapter is None else "robust"
+        self.metrics.robust_requests.labels(model=served.name, mode=mode).inc(n)
 
-def _fits(adapter: Any, served: ServedModel) -> bool:
-    try:
-        adapter.config.fingerprint.check_fits(served.rmodel.fingerprint)
-    except ValueError:
-        return False
-    return True
+    # CLIP tasks
+    async def classify(self, image: ImageInput, labels: Sequence[str], template: str | None = None,
+                       top_k: int | None = None, robust: bool | None = None, adapter: str | None = None,
+                       model: str | None = None) -> TaskResult:
+        """Zero-shot classification: ``value`` is ``[(label, score)]`` sorted by score."""
+        s = self.settings
+        served = self.get(model, "classify")
+        name = self.mode(served, robust, adapter)
+        if not labels:
+            raise BadRequest("labels is empty", "empty_input")
+        if len(labels) > s.max_labels:
+            raise PayloadTooLarge(f"{len(labels)} labels; at most {s.max_labels} per request", "too_many_labels")
+        if len(set(labels)) != len(labels):
+            raise BadRequest("labels must be distinct", "duplicate_labels")
+        if template is not None and "{}" not in template:
+            raise BadRequest("template must contain {} where the label goes ('{}' = the bare label)",
+                             "invalid_template")
+        if max(len(x) for x in labels) + len(template or "") > s.max_text_chars:
+            raise PayloadTooLarge(f"a label (with its template) exceeds {s.max_text_chars} characters",
+                                  "text_too_long")
+        start = time.monotonic()
+        with self._admitted(served) as deadline:
+            (img,) = await self._images(deadline, [image], self.limits)
+            payload = await self.in_pool(deadline, served.runner.prepare_image, img, labels,
+                                         template or DEFAULT_TEMPLATE, top_k)
+            self._count_mode(served, name)
+            done = await self._run(served, [WorkItem(WorkKind.IMAGE, payload, name)], deadline)
+        return TaskResult.of(served.name, name, done, done[0].value, start)
+
+    async def embed(self, inputs: Sequence[Any], modality: str = "text", robust: bool | None = None,
+                    adapter: str | None = None, model: str | None = None) -> TaskResult:
+        """Embeddings, L2-normalised: ``value`` is a list of float32 arrays ``[D]``, one per input."""
+        s = self.settings
+        served = self.get(model, "embeddings")
+        if not inputs:
+            raise BadRequest("input is empty", "empty_input")
+        if len(inputs) > s.max_inputs:
+            raise PayloadTooLarge(f"{len(inputs)} inputs; at most {s.max_inputs} per request", "too_many_inputs")
+        if modality == "text":
+            if any(not isinstance(x, str) or not x for x in inputs):
+                raise BadRequest("text inputs must be non-empty strings", "empty_input")
+            if max(len(x) for x in inputs) > s.max_text_chars:
+                raise PayloadTooLarge(f"a text input exceeds {s.max_text_chars} characters", "text_too_long")
+        elif modality != "image":
+            raise BadRequest(f"modality must be text or image, not {modality!r}", "invalid_modality")
+        name = self.mode(served, robust, adapter)
+        start = time.monotonic()
+        runner = served.runner
+        with self._admitted(served) as deadline:
+            if modality == "image":
+                images = await self._images(deadline, inputs, self.limits)
+                payloads = [await self.in_pool(deadline, runner.prepare_image, img) for img in images]
+                items = [WorkItem(WorkKind.IMAGE, p, name) for p in payloads]
+                usage = 0
+            else:
+                name = None  # R-Adapt acts on images only: text embeddings are the same in both modes
+                payloads = await self.in_pool(deadline, runner.prepare_texts, list(inputs))
+                items = [WorkItem(WorkKind.TEXT, p) for p in payloads]
+                usage = sum(len(p.ids) for p in payloads)
+            self._count_mode(served, name, len(items))
+            done = await self._run(served, items, deadline)
+        values = [np.asarray(d.value, dtype=np.float32) for d in done]
+        return TaskResult.of(served.name, name, done, values, start, usage)
+
+    # generation
+    async def start_generation(self, messages: Sequence[dict[str, Any]], sampling: SamplingRequest | None = None,
+                               robust: bool | None = None, adapter: str | None = None, model: str | None = None,
+                               task: str = "chat", stream: bool = False) -> Generating:
+        """Validate, decode, preprocess and queue one generation; returns once it is queued.
+
+        ``messages`` in OpenAI's shape (image parts as ``image_url`` with a data URI, bytes or a PIL image).
+        The caller must ``await`` the result (or iterate ``deltas()`` when streaming) or ``cancel()`` it."""
+        s = self.settings
+        served = self.get(model, task)
+        name = self.mode(served, robust, adapter)
+        params = self._sampling(sampling or SamplingRequest())
+        converted, refs, chars = split_messages(messages)
+        if len(refs) > s.max_images_per_request:
+            raise PayloadTooLarge(f"{len(refs)} images; at most {s.max_images_per_request} per request",
+                                  "too_many_images")
+        if chars > s.max_text_chars:
+            raise PayloadTooLarge(f"message text exceeds {s.max_text_chars} characters", "text_too_long")
+        start = time.monotonic()
+        deadline = self._admit(served)
+        try:
+            images = await self._images(deadline, refs, self.limits)
+            prompt = await self.in_pool(deadline, served.runner.prepare, converted, images)
+            self._check_context(served, prompt.length, params.max_tokens)
+            req = GenerationRequest(prompt, params, name, deadline, TokenStream() if stream else None)
+            served.worker.submit(req)
+            self._count_mode(served, name)
+        except BaseException:
+            self._release(served)
+            raise
+        return Generating(served.name, name, req, start, lambda: self._release(served))
+
+    async def generate(self, messages: Sequence[dict[str, Any]], sampling: SamplingRequest | None = None,
+                       **kw: Any) -> TaskResult:
+        """One whole generation: ``value`` is a ``Generation`` (text, usage, finish_reason)."""
+        running = await self.start_generation(messages, sampling, **kw)
+        try:
+            return await running.result()
+        finally:
+            running.cancel()
+
+    async def stream(self, messages: Sequence[dict[str, Any]], sampling: SamplingRequest | None = None,
+                     **kw: Any) -> AsyncIterator[str]:
+        """Text deltas of one generation as they are decoded."""
+        running = await self.start_generation(messages, sampling, stream=True, **kw)
+        try:
+            async for delta in running.deltas():
+                yield delta
+        finally:
+            running.cancel()
+
+    def _sampling(self, r: SamplingRequest) -> SamplingParams:
+        """Every sampling value checked here, so nothing a client sends can fail a decoding batch."""
+        s = self.settings
+        max_tokens = s.max_new_tokens if r.max_tokens is None else r.max_tokens
+        if not 1 <= max_tokens <= s.max_new_tokens_limit:
+            raise BadRequest(f"max_tokens must be between 1 and this server's limit of {s.max_new_tokens_limit}",
+                             "max_tokens_too_large" if max_tokens > 1 else "invalid_max_tokens")
+        temperature = 0.0 if r.temperature is None else float(r.temperature)
+        if not math.isfinite(temperature) or temperature < 0 or temperature > 2 or 0 < temperature < MIN_TEMPERATURE:
+            raise BadRequest(f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE} and 2",
+                             "invalid_temperature")
+        top_p = 1.0 if r.top_p is None else float(r.top_p)
+        if not (0.0 < top_p <= 1.0):
+            raise BadRequest("top_p must be in (0, 1]", "invalid_top_p")
+        stop = (r.stop,) if isinstance(r.stop, str) else tuple(r.stop or ())
+        if len(stop) > MAX_STOP_STRINGS or any(not isinstance(x, str) or not 0 < len(x) <= MAX_STOP_CHARS
+                                               for x in stop):
+            raise BadRequest(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings of at most "
+                             f"{MAX_STOP_CHARS} characters", "invalid_stop")
+        penalties = (r.presence_penalty or 0.0, r.frequency_penalty or 0.0)
+        if any(not (math.isfinite(p) and -2.0 <= p <= 2.0) for p in penalties):
+            raise BadRequest("presence_penalty and frequency_penalty must be between -2 and 2", "invalid_penalty")
+        if r.seed is not None and not -(2 ** 63) <= r.seed < 2 ** 64:
+            raise BadRequest("seed must fit in 64 bits", "invalid_seed")
+        return SamplingParams(max_tokens, temperature, top_p, r.seed, stop, *penalties)
+
+    def _check_context(self, served: ServedModel, prompt_tokens: int, max_tokens: int) -> None:
+        context = served.runner.context_length
+        if context and prompt_tokens + max_tokens > context:
+            raise BadRequest(f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
+                             f"context of {context} tokens", "context_length_exceeded")
+        if prompt_tokens + max_tokens > self.settings.max_batch_tokens:
+            raise BadRequest(f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds this server's "
+                             f"max_batch_tokens of {self.settings.max_batch_tokens}", "context_length_exceeded")
+
+
+def _unless_late(deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """Pool side: skip work whose request already timed out while it waited for a thread."""
+    if time.monotonic() > deadline:
+        raise RequestTimeout("request deadline passed while it waited for a decoding thread")
+    return fn(*args)
+
+
+__all__ = ["Engine", "ModelLoadError", "ServedModel", "TaskResult"]

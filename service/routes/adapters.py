@@ -1,8 +1,9 @@
 """/v1/adapters: list, load or hot-swap (from the adapter directory or an upload), remove.
 
-Loading never touches the backbone: the file is parsed and checked (safetensors, fingerprint)
-in a worker thread, then the model's adapter dict is replaced; batches already running keep the
-snapshot they started with.
+Loading never touches the backbone: the file is parsed and checked (safetensors, fingerprint,
+token layout, values, weight digest) in a worker thread, then the model's adapter dict is
+replaced; batches already running keep the snapshot they started with. A JSON body is validated
+like every other route's (422 ``invalid_request``, 400 ``invalid_json``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from service.adapters_manager import check_name, parse_bytes, parse_file, resolve_in_dir
@@ -37,7 +40,7 @@ def _model(engine: Engine, name: str | None) -> ServedModel:
 async def list_adapters(request: Request, model: str | None = None) -> Response:
     engine = engine_of(request)
     models = [_model(engine, model)] if model else list(engine.models.values())
-    return json_response({"object": "list", "data": [i.as_dict() for m in models for i in m.adapters.infos()]})
+    return json_response({"object": "list", "data": [i.model_dump() for m in models for i in m.adapters.infos()]})
 
 
 @router.post("/v1/adapters", dependencies=[Depends(require_admin_key)],
@@ -59,8 +62,8 @@ async def load_adapter(request: Request) -> Response:
     elif ctype.startswith("application/json"):
         try:
             body = AdapterLoadRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise BadRequest(_first_error(exc), "invalid_request") from None
+        except ValidationError as exc:  # the same mapping as every route's body (422, or 400 invalid_json)
+            raise RequestValidationError(exc.errors(include_url=False)) from None
         check_name(body.name)
         served = _model(engine, body.model)
         path = resolve_in_dir(settings.adapter_dir, body.path)
@@ -68,9 +71,9 @@ async def load_adapter(request: Request) -> Response:
         name = body.name
     else:
         raise BadRequest("send JSON {name, path} or multipart/form-data with name and file", "unsupported_media_type")
-    op = served.adapters.put(name, adapter)
+    op = served.adapters.put(name, adapter, settings.allow_weight_mismatch)
     info = next(i for i in served.adapters.infos() if i.name == name)
-    return json_response({"op": op, "adapter": info.as_dict()}, status=200 if op == "swap" else 201)
+    return json_response({"op": op, "adapter": info.model_dump()}, status=200 if op == "swap" else 201)
 
 
 @router.delete("/v1/adapters/{name}", dependencies=[Depends(require_admin_key)])
@@ -81,7 +84,12 @@ async def delete_adapter(name: str, request: Request, model: str | None = None) 
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[str, str | None, bytes]:
-    form = await request.form(max_files=1, max_fields=4)
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except StarletteHTTPException as exc:  # a malformed multipart body (starlette answers 400)
+        if exc.status_code != 400:
+            raise  # e.g. the body-size limit's 413
+        raise BadRequest(f"multipart body cannot be parsed: {exc.detail}", "invalid_upload") from None
     try:
         upload, name, model = form.get("file"), form.get("name"), form.get("model")
         if not isinstance(upload, UploadFile) or not isinstance(name, str) or not name:
@@ -93,8 +101,3 @@ async def _read_upload(request: Request, limit: int) -> tuple[str, str | None, b
     finally:
         await form.close()
 
-
-def _first_error(exc: ValidationError) -> str:
-    e = exc.errors()[0]
-    loc = ".".join(str(p) for p in e.get("loc", ()))
-    return f"{loc or 'body'}: {e.get('msg', 'invalid')}"

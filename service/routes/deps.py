@@ -12,6 +12,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from service.engine.engine import Engine
+from service.engine.generation import Generating
 from service.engine.tasks import TaskResult
 from service.errors import ClientClosed, Forbidden, Unauthorized
 from service.settings import Settings
@@ -24,7 +25,8 @@ def engine_of(request: Request) -> Engine:
 
 
 def settings_of(request: Request) -> Settings:
-    return request.app.state.settings
+    """The engine's settings: the app has no others."""
+    return request.app.state.engine.settings
 
 
 def _bearer(request: Request) -> str | None:
@@ -73,13 +75,12 @@ def json_response(body: Any, result: TaskResult | None = None, status: int = 200
                     media_type="application/json", headers=headers)
 
 
-async def generation_result(request: Request, pending: Any) -> Any:
+async def generation_result(request: Request, running: Generating) -> TaskResult:
     """The result of a started generation; a client that goes away (or any failure) cancels it."""
     try:
-        return await unless_disconnected(request, pending.result())
-    except BaseException:
-        pending.cancel()
-        raise
+        return await unless_disconnected(request, running.result())
+    finally:
+        running.cancel()
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

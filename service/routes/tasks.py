@@ -1,13 +1,12 @@
-"""POST /v1/caption and /v1/vqa: one image and one instruction through the generation runners."""
+"""POST /v1/caption and /v1/vqa: one image and one instruction through the generation engine."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from service.engine.generation import CAPTION_PROMPT, image_prompt, start_generation
-from service.errors import PayloadTooLarge
-from service.routes.deps import engine_of, generation_result, json_response, require_api_key, settings_of
+from service.engine.generation import CAPTION_PROMPT, image_prompt
+from service.routes.deps import engine_of, generation_result, json_response, require_api_key
 from service.schemas.chat import CaptionRequest, Sampled, TextResponse, VqaRequest
 
 router = APIRouter(tags=["generation"], dependencies=[Depends(require_api_key)])
@@ -24,13 +23,9 @@ async def vqa(body: VqaRequest, request: Request) -> Response:
 
 
 async def _run(request: Request, task: str, body: Sampled, image: str, text: str, model: str | None) -> Response:
-    s = settings_of(request)
-    if len(text) > s.max_text_chars:
-        raise PayloadTooLarge(f"text exceeds {s.max_text_chars} characters", "text_too_long")
-    pending = await start_generation(engine_of(request), task, image_prompt(image, text), body.max_tokens,
-                                     body.temperature, body.top_p, (), body.robust, body.adapter, model,
-                                     limits=request.app.state.limits)
-    result = await generation_result(request, pending)
+    running = await engine_of(request).start_generation(image_prompt(image, text), body.sampling(), body.robust,
+                                                        body.adapter, model, task)
+    result = await generation_result(request, running)
     gen = result.value
     return json_response({"model": result.model, "robust": result.robust, "adapter": result.adapter,
                           "text": gen.text, "finish_reason": gen.finish_reason,

@@ -20,11 +20,11 @@ from PIL import Image
 
 from adapters import Adapter, AdapterError, RAdaptModel
 from adapters.loading import LoadedModel
-from service.engine.batcher import WorkItem
+from service.engine.work import Output, WorkItem, WorkKind
 from service.errors import BadRequest, NotFound
 from service.runners.preprocess import image_preprocessor
 
-IMAGE, TEXT = "image", "text"
+IMAGE, TEXT = WorkKind.IMAGE, WorkKind.TEXT
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class ClipRunner:
 
     # model thread
     @torch.inference_mode()
-    def run_batch(self, items: list[WorkItem], adapters: Mapping[str, Adapter]) -> list[Any]:
+    def run_batch(self, items: list[WorkItem], adapters: Mapping[str, Adapter]) -> list[Output | Exception]:
         results: list[Any] = [None] * len(items)
         images: list[int] = []
         samples: list[Adapter | None] = []
@@ -110,7 +110,6 @@ class ClipRunner:
                 samples.append(None)
             elif item.adapter in adapters:
                 samples.append(adapters[item.adapter])
-                item.adapter_id = adapters[item.adapter].uid
             else:  # removed after the request was admitted
                 results[i] = NotFound(f"adapter {item.adapter!r} was removed", "adapter_not_found")
                 continue
@@ -122,15 +121,15 @@ class ClipRunner:
         if texts:
             rows = text_emb[:len(texts)].cpu().numpy()  # one device->host copy for all of them
             for k, i in enumerate(texts):
-                results[i] = rows[k]
+                results[i] = Output(rows[k])
         for k, prompt in enumerate(missing):
             known[prompt] = text_emb[len(texts) + k]
             self.cache.put(prompt, known[prompt])
         if images:
             img_emb = self._encode_images([items[i].payload.pixels for i in images], samples)
             outs = self._image_results([items[i].payload for i in images], img_emb, known)
-            for i, out in zip(images, outs, strict=True):
-                results[i] = out
+            for i, out, adapter in zip(images, outs, samples, strict=True):
+                results[i] = Output(out, None if adapter is None else adapter.uid)
         return results
 
     def _image_results(self, payloads: list[ClipImage], img_emb: torch.Tensor,
@@ -201,9 +200,6 @@ class ClipRunner:
         for result in self.run_batch(items, adapters):
             if isinstance(result, Exception):
                 raise result
-
-    def embedding_dim(self) -> int:
-        return int(self.model.config.projection_dim)
 
 
 def _pooled(out: Any) -> torch.Tensor:

@@ -4,6 +4,7 @@
 the shortest edge, center crop, rescale in float64 then float32, per-channel normalise -- without
 its per-call validation overhead, and equals its output exactly (tests/service/runners check it
 on many sizes). Processors it does not recognise go through ``ProcessorPreprocessor``.
+Both check the size an image would have after resizing before resizing it (``media.check_resize``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from PIL import Image
+
+from service.media import shortest_edge_resize
 
 
 class ImagePreprocessor(Protocol):
@@ -24,8 +27,12 @@ class ProcessorPreprocessor:
 
     def __init__(self, image_processor: Any) -> None:
         self._ip = image_processor
+        shortest = _fields(getattr(image_processor, "size", None)).get("shortest_edge")
+        self._shortest = int(shortest) if shortest else None
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        if self._shortest is not None:
+            shortest_edge_resize(*image.size, self._shortest)  # refuses what would grow too large
         return self._ip(images=[image], return_tensors="pt")["pixel_values"][0]
 
 
@@ -53,10 +60,7 @@ class FastClipPreprocessor:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "RGB":
             image = image.convert("RGB")
-        width, height = image.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_long = int(self.shortest * long / short)  # transformers' get_resize_output_image_size
-        size = (self.shortest, new_long) if width <= height else (new_long, self.shortest)
+        size = shortest_edge_resize(*image.size, self.shortest)
         image = image.resize(size, resample=self.resample)
         arr = np.asarray(image)  # [H, W, 3] uint8
         h, w = arr.shape[:2]

@@ -1,247 +1,118 @@
-"""LLaVA and Qwen-VL runner: chat, captioning and VQA as one batched, streamable generation.
+"""LLaVA and Qwen-VL runner: the transformers mechanics of continuous batching (no policy here).
 
 ``prepare`` (worker pool) renders the chat template and runs the processor for one request.
-``run_batch`` (model thread) left-pads the prompts of all requests that share sampling settings,
-concatenates their images, and calls ``generate`` once with R-Adapt per image
-(``rmodel.control([...])``: each request's adapter repeated for each of its images). Each row
-stops on its own (end of turn, its own ``max_new_tokens``, a stop string, or its client gone);
-streamed rows get their text deltas as they are generated.
+In the model thread, ``prefill`` runs one prompt alone (its images through the vision tower with
+R-Adapt: the request's adapter, or none) and returns its first scores and a batch-of-one cache;
+``decode`` runs one step for every row of a ``DecodeBatch``. Which rows run, join and leave is the
+scheduler's decision (``service.engine.scheduler``).
+
+Positions: a prompt is prefilled alone, without padding, so the model's own positions are right;
+Qwen-VL's M-RoPE gives image tokens 3-D positions, after which text positions continue from
+``length + rope_delta`` per row, which ``PrefilledRow.next_position`` carries into the batch.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import DynamicCache
 
-from adapters import Adapter, AdapterError, RAdaptModel
+from adapters import Adapter, RAdaptModel
 from adapters.loading import LoadedModel
-from service.engine.batcher import WorkItem
-from service.errors import BadRequest, NotFound
-
-GENERATE = "generate"
-
-
-class TokenStream:
-    """Text deltas from the model thread to one request's coroutine (None ends the stream)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def push(self, text: str | None) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> tuple[bool, float, float]:
-        """Requests with equal keys share one generate call."""
-        greedy = self.temperature <= 0.0
-        return (not greedy, 0.0 if greedy else self.temperature, 1.0 if greedy else self.top_p)
+from service.engine.detok import RowText
+from service.errors import BadRequest
+from service.runners.kvbatch import DecodeBatch, PrefilledRow
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """One request: processor outputs with batch size 1 (``input_ids: [1, L]``) and its images."""
+    """One request's processor outputs with batch size 1 (``input_ids: [1, L]``) and its image count."""
 
     inputs: dict[str, torch.Tensor]
     n_images: int
-    sampling: Sampling
-    stream: TokenStream | None = field(default=None, compare=False)
 
     @property
     def length(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
 
 
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # stop | length
-
-
-class _Row:
-    """Per-row decoding state shared by the streamer and the stopping criterion."""
-
-    def __init__(self, item: WorkItem, tokenizer: Any, eos: set[int]) -> None:
-        self.item, self.tokenizer, self.eos = item, tokenizer, eos
-        self.prompt: Prompt = item.payload
-        self.tokens: list[int] = []
-        self.sent = ""
-        self.done = False
-        self.eos_hit = False
-        self.reason = "length"
-
-    def add(self, token: int) -> None:
-        if self.done:
-            return
-        if token in self.eos:
-            self.done, self.reason, self.eos_hit = True, "stop", True
-            return
-        self.tokens.append(token)
-        text, hit = self._cut(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
-        if hit:
-            self.done, self.reason = True, "stop"
-        elif len(self.tokens) >= self.prompt.sampling.max_new_tokens:
-            self.done = True
-        # hold back an incomplete UTF-8 sequence; the route flushes what is left at the end
-        if self.prompt.stream is not None and len(text) > len(self.sent) and text.startswith(self.sent) \
-                and not text.endswith("\ufffd"):
-            self.prompt.stream.push(text[len(self.sent):])
-            self.sent = text
-
-    def _cut(self, text: str) -> tuple[str, bool]:
-        cuts = [text.find(s) for s in self.prompt.sampling.stop if s in text]
-        return (text[:min(cuts)], True) if cuts else (text, False)
-
-    def result(self) -> Generation:
-        text, _ = self._cut(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
-        return Generation(text, self.prompt.length, len(self.tokens) + int(self.eos_hit), self.reason)
-
-
-class _Streamer(BaseStreamer):
-    """Receives ``[B]`` new tokens per step from ``generate`` (the first call is the prompt)."""
-
-    def __init__(self, rows: list[_Row]) -> None:
-        self.rows, self.started = rows, False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.started:
-            self.started = True
-            return
-        for row, token in zip(self.rows, value.view(len(self.rows), -1)[:, -1].tolist(), strict=True):
-            row.add(int(token))
-
-    def end(self) -> None:
-        pass
-
-
-class _RowStop(StoppingCriteria):
-    """Finishes each row on its own: done decoding, or its client went away."""
-
-    def __init__(self, rows: list[_Row]) -> None:
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        gone = [r.item.future is not None and r.item.future.cancelled() for r in self.rows]
-        return torch.tensor([r.done or g for r, g in zip(self.rows, gone, strict=True)], device=input_ids.device)
-
-
 class VlmRunner:
     tasks = frozenset({"chat", "caption", "vqa"})
 
-    def __init__(self, loaded: LoadedModel, rmodel: RAdaptModel, settings: Any) -> None:
-        self.loaded, self.rmodel, self.model = loaded, rmodel, loaded.model
+    def __init__(self, loaded: LoadedModel, rmodel: RAdaptModel) -> None:
+        self.rmodel, self.model = rmodel, loaded.model
         self.family = loaded.family
         self.processor = loaded.processor
         self.tokenizer = loaded.processor.tokenizer
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos])
-        pad = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else next(iter(self.eos)))
+        self.eos = frozenset(eos if isinstance(eos, list) else [eos])
         self.device, self.dtype = loaded.device, loaded.dtype
-        text_config = getattr(self.model.config, "text_config", self.model.config)
-        self.max_positions = int(getattr(text_config, "max_position_embeddings", 0) or 0)
+        text_config = self.model.config.get_text_config(decoder=True)
+        self.context_length = int(getattr(text_config, "max_position_embeddings", 0) or 0)  # 0 = unknown
+        self.mrope = hasattr(getattr(self.model, "model", None), "get_rope_index")
+        # K and V of one token in every layer: the memory a running row costs per token
+        heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        self.kv_bytes_per_token = 2 * text_config.num_hidden_layers * heads * head_dim * self.dtype.itemsize
 
     # worker pool
-    def prepare(self, messages: list[dict[str, Any]], images: Sequence[Image.Image], sampling: Sampling,
-                stream: TokenStream | None = None) -> Prompt:
+    def prepare(self, messages: list[dict[str, Any]], images: Sequence[Image.Image]) -> Prompt:
         """``messages`` in the processor's chat format ({"type": "image"} parts), ``images`` in order."""
         try:
             text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             enc = self.processor(text=[text], images=list(images) or None, return_tensors="pt")
         except (ValueError, TypeError, KeyError) as exc:
             raise BadRequest(f"cannot build the prompt: {exc}", "invalid_messages") from None
-        inputs = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
-        prompt = Prompt(inputs, len(images), sampling, stream)
-        # refuse here what would make generate() fail for every request of the batch
-        if self.max_positions and prompt.length + sampling.max_new_tokens > self.max_positions:
-            raise BadRequest(f"prompt ({prompt.length} tokens) plus max_tokens ({sampling.max_new_tokens}) exceeds "
-                             f"the model's context of {self.max_positions} tokens", "context_length_exceeded")
-        return prompt
+        return Prompt({k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}, len(images))
+
+    def text_of(self, stop: tuple[str, ...]) -> RowText:
+        return RowText(self.tokenizer, stop)
 
     # model thread
     @torch.inference_mode()
-    def run_batch(self, items: list[WorkItem], adapters: Mapping[str, Adapter]) -> list[Any]:
-        results: list[Any] = [None] * len(items)
-        groups: dict[tuple, list[int]] = {}
-        for i, item in enumerate(items):
-            if item.adapter is not None and item.adapter not in adapters:
-                results[i] = NotFound(f"adapter {item.adapter!r} was removed", "adapter_not_found")
-                continue
-            groups.setdefault(item.payload.sampling.key, []).append(i)
-        for key, idx in groups.items():
-            try:
-                for i, gen in zip(idx, self._generate([items[i] for i in idx], adapters, key), strict=True):
-                    results[i] = gen
-            except AdapterError as exc:
-                for i in idx:
-                    results[i] = BadRequest(str(exc), "adapter_mismatch")
-            finally:
-                for i in idx:
-                    if items[i].payload.stream is not None:
-                        items[i].payload.stream.push(None)
-        return results
+    def prefill(self, prompt: Prompt, adapter: Adapter | None) -> tuple[torch.Tensor, PrefilledRow]:
+        """Run one prompt -> (scores of the next token ``[V]`` float32, its cache)."""
+        inputs = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype)
+                  for k, v in prompt.inputs.items()}
+        length = prompt.length
+        extra: dict[str, Any] = {}
+        next_position = length
+        if self.mrope and "image_grid_thw" in inputs:
+            positions, delta = self.model.model.get_rope_index(
+                inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+                attention_mask=inputs["attention_mask"])
+            extra["position_ids"] = positions
+            next_position = length + int(delta.view(-1)[0])
+        cache = DynamicCache(config=self.model.config)
+        with self.rmodel.control([adapter] * prompt.n_images):
+            out = self.model(**inputs, **extra, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float(), PrefilledRow(cache, length, next_position)
 
-    def _generate(self, items: list[WorkItem], adapters: Mapping[str, Adapter],
-                  key: tuple[bool, float, float]) -> list[Generation]:
-        samples: list[Adapter | None] = []
-        for item in items:
-            adapter = adapters[item.adapter] if item.adapter is not None else None
-            item.adapter_id = adapter.uid if adapter is not None else None
-            samples += [adapter] * item.payload.n_images
-        batch = self._collate([item.payload for item in items])
-        rows = [_Row(item, self.tokenizer, self.eos) for item in items]
-        do_sample, temperature, top_p = key
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
-        with self.rmodel.control(samples):
-            self.model.generate(**batch, max_new_tokens=max(i.payload.sampling.max_new_tokens for i in items),
-                                pad_token_id=self.pad_id, streamer=_Streamer(rows),
-                                stopping_criteria=StoppingCriteriaList([_RowStop(rows)]), **sampling)
-        return [row.result() for row in rows]
+    @torch.inference_mode()
+    def decode(self, batch: DecodeBatch, tokens: list[int]) -> torch.Tensor:
+        """One step for every row: feeds each row's newest token -> scores ``[B, V]`` float32."""
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        input_ids, mask, positions = batch.step_inputs(ids)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=batch.cache,
+                         use_cache=True)
+        batch.advance(mask)
+        return out.logits[:, -1].float()
 
-    def _collate(self, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
-        """Left-pad token-aligned tensors (``[1, L]`` -> ``[B, W]``), concatenate per-image ones."""
-        width = max(p.length for p in prompts)
-        out: dict[str, torch.Tensor] = {}
-        names = dict.fromkeys(name for p in prompts for name in p.inputs)  # pixel keys may be absent in some
-        for name in names:
-            values = [p.inputs[name] for p in prompts if name in p.inputs]
-            token_aligned = len(values) == len(prompts) and all(
-                v.dim() == 2 and v.shape == (1, p.length) for v, p in zip(values, prompts, strict=True))
-            if token_aligned:
-                fill = self.pad_id if name == "input_ids" else 0
-                padded = torch.full((len(prompts), width), fill, dtype=values[0].dtype)
-                for r, v in enumerate(values):
-                    padded[r, width - v.shape[1]:] = v[0]
-                out[name] = padded.to(self.device)
-            else:
-                t = torch.cat(values)
-                out[name] = t.to(self.device, self.dtype if t.is_floating_point() else t.dtype)
-        return out
-
-    def warmup(self, adapters: Mapping[str, Adapter]) -> None:
-        """A two-token generation with an image, standard and with each adapter."""
+    def warmup(self, adapters: dict[str, Adapter]) -> None:
+        """A prefill and two decode steps with an image, standard and with each adapter."""
         image = Image.new("RGB", (32, 32), (127, 127, 127))
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "warm up"}]}]
-        prompt = self.prepare(messages, [image], Sampling(max_new_tokens=2))
-        items = [WorkItem(GENERATE, prompt, name) for name in [None, *adapters]]
-        for result in self.run_batch(items, adapters):
-            if isinstance(result, Exception):
-                raise result
+        prompt = self.prepare(messages, [image])
+        rows = []
+        for adapter in [None, *adapters.values()]:
+            scores, row = self.prefill(prompt, adapter)
+            rows.append((int(scores.argmax()), row))
+        batch = DecodeBatch(rows[0][1], self.device)
+        batch.extend([r for _, r in rows[1:]])
+        scores = self.decode(batch, [t for t, _ in rows])
+        self.decode(batch, scores.argmax(-1).tolist())

@@ -1,14 +1,18 @@
-"""Schemas of /v1/chat/completions (OpenAI-compatible subset), /v1/caption and /v1/vqa."""
+"""Schemas of /v1/chat/completions (OpenAI-compatible subset), /v1/caption and /v1/vqa.
+
+Types and fixed bounds are checked here; values that depend on the server's settings (max_tokens,
+text length, images per request) and the sampling rules (a temperature of 0 or at least 0.01, at
+most 4 stop strings) are checked by the engine, which answers 400 with a code naming the field.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from service.engine.generation import SamplingRequest
+from service.schemas.base import Strict
 
 
 class ImageURL(Strict):
@@ -30,7 +34,7 @@ Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class Message(Strict):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[Part]
     name: str | None = None
 
@@ -41,10 +45,18 @@ class StreamOptions(Strict):
 
 class Sampled(Strict):
     max_tokens: int | None = Field(None, ge=1, description="new tokens at most (server default and limit apply)")
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 or unset = greedy")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 or unset = greedy; else >= 0.01")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=-(2 ** 63), lt=2 ** 64, description="makes a sampled request reproducible")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     robust: bool | None = None
     adapter: str | None = None
+
+    def sampling(self, max_tokens: int | None = None, stop: str | list[str] | None = None) -> SamplingRequest:
+        stops = [stop] if isinstance(stop, str) else (stop or [])
+        return SamplingRequest(max_tokens or self.max_tokens, self.temperature, self.top_p, self.seed, tuple(stops),
+                               self.presence_penalty, self.frequency_penalty)
 
 
 class ChatRequest(Sampled):
@@ -56,6 +68,7 @@ class ChatRequest(Sampled):
     n: Literal[1] = 1
     stop: str | list[str] | None = None
     user: str | None = None
+    logprobs: Literal[False] | None = Field(None, description="log probabilities are not returned")
 
 
 class CaptionRequest(Sampled):

@@ -1,20 +1,18 @@
 """Schemas of /v1/classify and /v1/embeddings.
 
 Sizes are bounded by the schema where the bound is fixed and by the server's settings (labels,
-inputs, text length) in the routes, so that limits follow the configuration.
+inputs, text length) in the engine, so that limits follow the configuration.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from service.schemas.base import Strict
 
 Text = Annotated[str, Field(min_length=1)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ClassifyRequest(Strict):

@@ -107,3 +107,34 @@ def test_radapt_adapter_build_method_data(tmp_path, capsys):
 def test_refuses_an_empty_batch(fresh_clip):
     with pytest.raises(AdapterError):
         train_anchor(inject(fresh_clip), torch.zeros(0, 3, 32, 32), progress=False)
+
+
+@pytest.mark.integration
+def test_llava_anchor_trains_on_the_patch_tokens_its_language_model_reads(fresh_clip):
+    from adapters.loading import load_model
+    from adapters.train import FareObjective
+
+    loaded = load_model("builtin:tiny-llava", device="cpu", dtype="float32")
+    rmodel = RAdaptModel.from_loaded(loaded)
+    objective = FareObjective(rmodel)
+    assert objective.features == "lvlm" and FareObjective(inject(fresh_clip)).features == "pooled"
+    x = synthetic(2, seed=6)
+    seen = []
+    projector = loaded.model.model.multi_modal_projector
+    handle = projector.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            loaded.model.model.get_image_features(pixel_values=objective.normalize(x))
+            tokens = objective.embed(x, None)
+    finally:
+        handle.remove()
+    assert tokens.shape == (2, 16, 32)  # 16 patches (CLS dropped) of the layer -2 output
+    torch.testing.assert_close(tokens, seen[0])
+    settings = TrainSettings(steps=1, epochs=1, batch_size=2, lr=1e-2)
+    trained = train_anchor(rmodel, x, settings, progress=False)
+    pooled = train_anchor(rmodel, x, TrainSettings(steps=1, epochs=1, batch_size=2, lr=1e-2, features="pooled"),
+                          progress=False)
+    assert trained.config.extra["train.features"] == "lvlm" and pooled.config.extra["train.features"] == "pooled"
+    assert not torch.equal(trained.anchor, pooled.anchor)
+    with pytest.raises(AdapterError):
+        FareObjective(inject(load_model("builtin:tiny-clip", device="cpu", dtype="float32")), "lvlm")

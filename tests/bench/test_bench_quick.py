@@ -68,3 +68,20 @@ def test_hot_swap_and_memory(quick: tuple[dict, str]) -> None:
     assert all(v is not None and v >= 0 for v in swap["server_side_under_load_ms"].values())
     assert mem["rss_idle_bytes"] > 50 * 2**20 and mem["rss_peak_under_load_bytes"] > 50 * 2**20
     assert mem["adapters"] == 4 and mem["file_bytes"] > 0 and mem["anchor_elements"] > 0
+
+
+def test_generation_section_end_to_end(tmp_path: Path) -> None:
+    """`radapt bench --generation --quick`: every figure present and sane, the Markdown section written."""
+    radapt = Path(sys.executable).parent / "radapt"
+    proc = subprocess.run([str(radapt), "bench", "--generation", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "generation.json").read_text())
+    r = results["models"]["builtin:tiny-llava"]
+    assert r["head_of_line"]["alone_ms"] > 0 and r["head_of_line"]["with_long_ms"] > 0
+    for point in (r["one_client"], r["clients"]):
+        assert point["errors"] == 0 and point["tokens"] > 0 and point["cpu_ms_per_token"] > 0
+    assert r["clients"]["concurrency"] == 16 and all(v > 0 for v in r["modes_tokens_per_s"].values())
+    assert set(results["targets"]["builtin:tiny-llava"]) == {"head_of_line", "scaling_16_vs_1",
+                                                             "robust_vs_standard", "mix_vs_standard"}
+    assert "## Generation (continuous batching)" in (tmp_path / "RESULTS.md").read_text()

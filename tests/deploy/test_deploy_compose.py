@@ -70,6 +70,11 @@ def test_radapt_service_matches_the_image_and_serves_offline(compose, deploy, mo
     assert [p.split(":")[-1] for p in radapt["ports"]] == ["8000"]
     targets = {v.split(":")[1] for v in radapt["volumes"]}
     assert targets == {"/data/hf", "/data/adapters"}  # the image's VOLUMEs
+    grace = radapt["stop_grace_period"]  # compose config normalises it to e.g. "45s" or seconds
+    seconds = float(str(grace).rstrip("s")) if not isinstance(grace, (int, float)) else float(grace)
+    if isinstance(grace, (int, float)) and grace > 1e6:  # nanoseconds
+        seconds = grace / 1e9
+    assert seconds >= settings.shutdown_grace_s + 5  # SIGKILL only after the drain and uvicorn's margin
 
 
 def test_prometheus_and_grafana_point_at_their_services(compose, deploy):

@@ -131,3 +131,14 @@ def test_hpa_scales_on_a_metric_the_service_exports(objects, deploy):
     rule = values["rules"]["custom"][0]
     assert rule["name"]["as"] == metric and metric in rule["seriesQuery"]
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60  # GPU replicas start slowly
+
+
+def test_termination_grace_covers_the_servers_drain(objects, deploy, monkeypatch, tmp_path):
+    """Kubernetes kills the pod at terminationGracePeriodSeconds: the drain (shutdown_grace_s) and
+    uvicorn's own limit after it (+5 s) must end before, or in-flight requests die with the pod."""
+    settings = deploy.settings_from_env(objects["ConfigMap"]["data"], monkeypatch, tmp_path)
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    command = _container(objects)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"  # the Service stops routing here before SIGTERM
+    assert settings.shutdown_grace_s >= settings.request_timeout_s  # a request admitted at SIGTERM can finish
+    assert pod["terminationGracePeriodSeconds"] >= float(command[1]) + settings.shutdown_grace_s + 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -85,11 +86,17 @@ async def client(clip_engine: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture()
-def make_client(clip_engine: Any) -> Callable[..., httpx.AsyncClient]:
-    """``make_client(api_key=..., max_labels=...)``: an app with other HTTP-level settings over the engine."""
+def make_client() -> Callable[..., Any]:
+    """``async with make_client(api_key=..., max_labels=...) as client``: a tiny-CLIP engine with these
+    settings (the app has no settings of its own) and an httpx client on its app."""
     from service.app import create_app
+    from service.engine.engine import Engine
 
-    def make(**overrides: Any) -> httpx.AsyncClient:
-        app = create_app(clip_settings(**overrides), clip_engine)
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    @contextlib.asynccontextmanager
+    async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        settings = clip_settings(warmup=False, **overrides)
+        async with Engine(settings) as engine:
+            app = create_app(settings, engine)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+                yield c
     return make

@@ -20,6 +20,7 @@ def test_build_white_then_inspect(tmp_path, capsys, tiny_clip):
     assert main(["adapter", "inspect", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["fingerprint"]["num_tokens"] == 17 and info["anchor_shape"] == [17, 32]
+    assert info["fingerprint"]["weights"].startswith("sha256:")  # the weight digest, shown short
 
 
 def test_build_guided_from_a_local_robust_folder(tmp_path, tiny_clip):

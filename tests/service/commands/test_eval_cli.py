@@ -94,3 +94,85 @@ def test_radapt_eval_needs_four_classes_for_apgd_t(tmp_path, capsys):
     assert main(["eval", "--model", "builtin:tiny-clip", "--dataset", str(tmp_path / "d"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "at least 4 classes" in capsys.readouterr().err
+
+
+def lvlm_dataset(folder, model: str, task: str, n: int = 3) -> list[str]:
+    """Images whose references are ``model``'s own standard-mode outputs (clean score: the best there is).
+
+    Writes ``folder/captions.json`` or ``folder/vqa.json``; returns those outputs."""
+    from adapters.loading import load_model
+    from adapters.lvlm_attacks import LvlmTarget
+    from adapters.lvlm_eval import CAPTION_PROMPT, VQA_PROMPT
+
+    loaded = load_model(model, device="cpu", dtype="float32")
+    target = LvlmTarget(RAdaptModel.from_loaded(loaded), loaded.processor)
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, outputs = [], []
+    question = "What is in the picture?"
+    prompt = CAPTION_PROMPT if task == "caption" else VQA_PROMPT.replace("{question}", question)
+    for i in range(n):
+        img = Image.fromarray((rng.random((28 + 6 * i, 36, 3)) * 255).astype("uint8"))
+        img.save(folder / f"im{i}.png")
+        ex = target.example(img, prompt, ["anything"])
+        text = target.generate(ex.image, ex, None, 8)
+        assert text.strip(), "the fixture needs a non-empty output"
+        outputs.append(text)
+        if task == "caption":
+            rows.append({"image": f"im{i}.png", "captions": [text, "a photo of something"]})
+        else:
+            rows.append({"image": f"im{i}.png", "question": question, "answers": [text] * 4 + ["blue"] * 6})
+    (folder / ("captions.json" if task == "caption" else "vqa.json")).write_text(json.dumps(rows))
+    return outputs
+
+
+@pytest.mark.parametrize("model, task", [("builtin:tiny-llava", "caption"), ("builtin:tiny-qwen2-vl", "vqa")])
+def test_radapt_eval_lvlm_end_to_end(tmp_path, capsys, model, task):
+    outputs = lvlm_dataset(tmp_path / "data", model, task)
+    out = tmp_path / "report"
+    argv = ["eval", "--task", task, "--model", model, "--device", "cpu", "--dataset", str(tmp_path / "data"),
+            "--eps", "2,16", "--attack", "apgd,pgd", "--steps", "4", "--max-new-tokens", "8", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    by_name = {c["name"]: c for c in data["configurations"]}
+    assert list(by_name) == ["standard", "white sigma=1 alpha=0.5"]
+    standard = by_name["standard"]
+    assert standard["n"] == 3 and standard["clean"] > 0.5  # its own outputs are the references
+    assert standard["robust"]["16"] < standard["clean"]  # the attack changes what the model says
+    for config in by_name.values():  # the attack raises the reference loss in every configuration
+        assert config["attacked_loss"]["16"] > config["clean_loss"]
+    assert standard["attacked_loss"]["16"] > standard["clean_loss"] + 1.0
+    assert data["settings"]["task"] == task and data["settings"]["attacks"] == ["apgd", "pgd"]
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert predictions["standard"]["clean"] == outputs
+    assert predictions["standard"]["16"] != outputs
+    table = (out / "results.md").read_text()
+    assert "loss 16/255" in table and table in capsys.readouterr().out
+    assert (out / "score.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--attack", "apgd-ce"], "--attack takes apgd, pgd"),
+    (["--prompt", "no placeholder"], "{question}"),
+    (["--model", "builtin:tiny-clip"], "LLaVA or Qwen-VL"),
+])
+def test_radapt_eval_lvlm_usage_errors(tmp_path, capsys, extra, message):
+    (tmp_path / "d").mkdir()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "d" / "x.png")
+    (tmp_path / "d" / "vqa.json").write_text(json.dumps([{"image": "x.png", "question": "q?", "answers": ["a"]}]))
+    argv = ["eval", "--task", "vqa", "--model", "builtin:tiny-qwen2-vl", "--device", "cpu",
+            "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(argv + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_radapt_eval_lvlm_dataset_errors(tmp_path, capsys):
+    (tmp_path / "captions.json").write_text(json.dumps([{"image": "missing.png", "captions": ["a"]}]))
+    argv = ["eval", "--task", "caption", "--model", "builtin:tiny-llava", "--dataset", str(tmp_path),
+            "--out", str(tmp_path / "o")]
+    assert main(argv) == 2 and "does not exist" in capsys.readouterr().err
+    (tmp_path / "captions.json").write_text(json.dumps([{"image": "missing.png"}]))
+    assert main(argv) == 2 and '"captions"' in capsys.readouterr().err
+    assert main(argv[:2] + ["vqa"] + argv[3:]) == 2 and "vqa.json" in capsys.readouterr().err

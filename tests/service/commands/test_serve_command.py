@@ -139,3 +139,49 @@ def test_bad_settings_exit_with_a_message():
     proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--max-batch-size", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "RADAPT_MAX_BATCH_SIZE" in proc.stderr
+
+
+def test_openai_client_defaults_and_newer_fields(server):
+    """What the openai client and its users send: developer role, seed, penalties, models.retrieve."""
+    import openai
+
+    base, chat_models = server
+    client = openai_client(base)
+    model = client.models.retrieve(chat_models[1])
+    assert model.id == chat_models[1] and model.created > 0 and model.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    messages = [{"role": "developer", "content": "Answer briefly."},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(3)}},
+                                             {"type": "text", "text": "What is it?"}]}]
+    kw = dict(model=chat_models[0], messages=messages, max_tokens=10, temperature=0.9, seed=7, presence_penalty=0.5,
+              frequency_penalty=0.5)
+    first = client.chat.completions.create(**kw).choices[0].message.content
+    assert client.chat.completions.create(**kw).choices[0].message.content == first
+    other = {client.chat.completions.create(**(kw | {"seed": s})).choices[0].message.content for s in range(3)}
+    assert len(other) >= 2
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(**(kw | {"temperature": 1e-40}))
+    assert err.value.code == "invalid_temperature"
+    final = [c for c in client.chat.completions.create(**kw, stream=True) if c.choices and c.choices[0].finish_reason]
+    extra = final[-1].model_extra
+    assert final[-1].choices[0].finish_reason == "length" and extra["robust"] is False
+    assert extra["timings"]["inference_time"] > 0 and "adapter_id" in extra
+
+
+def test_a_poisoned_request_beside_greedy_ones_fails_alone(server):
+    """The issue's finding: temperature 1e-40 once failed 32 of 36 greedy requests sent alongside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, chat_models = server
+    headers = {"authorization": "Bearer test-key"}
+    greedy = {"model": chat_models[0], "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]}
+    poison = greedy | {"temperature": 1e-40}
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(httpx.post, base + "/v1/chat/completions", json=poison if i % 6 == 0 else greedy,
+                               headers=headers, timeout=60) for i in range(24)]
+        answers = [f.result() for f in futures]
+    texts = {r.json()["choices"][0]["message"]["content"] for i, r in enumerate(answers) if i % 6}
+    assert all(r.status_code == 200 for i, r in enumerate(answers) if i % 6) and len(texts) == 1
+    assert all(r.status_code == 400 and r.json()["error"]["code"] == "invalid_temperature"
+               for i, r in enumerate(answers) if i % 6 == 0)

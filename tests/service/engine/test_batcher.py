@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
-from service.engine.batcher import Batcher, WorkItem
+from service.engine.batcher import Batcher
+from service.engine.work import Output, WorkItem
 from service.errors import InferenceFailed, NotFound, Overloaded, RequestTimeout
 from service.metrics import Metrics
 
@@ -30,7 +32,7 @@ class FakeRunner:
         self.batches.append(payloads)
         if "boom" in payloads:
             raise RuntimeError("secret internals")
-        return [NotFound("item says no") if p == "bad" else (p * 2, snapshot.get(i.adapter)) for p, i in
+        return [NotFound("item says no") if p == "bad" else Output(p * 2, snapshot.get(i.adapter)) for p, i in
                 zip(payloads, items, strict=True)]
 
 
@@ -45,7 +47,7 @@ async def test_batches_fill_up_to_max_and_results_go_to_their_items():
     b.start()
     items = [b.submit(WorkItem("x", i, "a" if i % 2 else None)) for i in range(10)]
     done = await asyncio.gather(*(b.wait(i) for i in items))
-    assert [d.value for d in done] == [(i * 2, "A" if i % 2 else None) for i in range(10)]
+    assert [(d.value, d.adapter_id) for d in done] == [(i * 2, "A" if i % 2 else None) for i in range(10)]
     assert all(len(batch) <= 4 for batch in runner.batches) and len(runner.batches) == 3
     assert all(d.queue_time >= 0 and d.inference_time >= 0 for d in done)
     await b.stop()
@@ -63,7 +65,7 @@ async def test_full_queue_answers_429_with_retry_after():
         b.submit(WorkItem("x", 4))
     assert err.value.status == 429 and int(err.value.headers["Retry-After"]) >= 1
     runner.gate.set()
-    assert [(await b.wait(i)).value[0] for i in [first, *queued]] == [2, 4, 6]
+    assert [(await b.wait(i)).value for i in [first, *queued]] == [2, 4, 6]
     await b.stop()
 
 
@@ -81,8 +83,8 @@ async def test_deadline_gives_504_and_expired_items_never_run():
     runner.gate.set()
     with pytest.raises(RequestTimeout):
         await b.wait(blocking)  # it also ran past its deadline
-    after = b.submit(WorkItem("x", 3), timeout=5.0)
-    assert (await b.wait(after)).value[0] == 6
+    after = b.submit(WorkItem("x", 3, deadline=time.monotonic() + 5.0))
+    assert (await b.wait(after)).value == 6
     assert [2] not in runner.batches  # the timed-out item was skipped, not computed
     await b.stop()
 
@@ -100,12 +102,12 @@ async def test_cancelled_items_are_skipped():
     waiter.cancel()  # the client went away
     kept = b.submit(WorkItem("x", 5))
     runner.gate.set()
-    assert (await b.wait(kept)).value[0] == 10 and (await b.wait(blocking)).value[0] == 0
+    assert (await b.wait(kept)).value == 10 and (await b.wait(blocking)).value == 0
     assert all(99 not in batch for batch in runner.batches)
     await b.stop()
 
 
-async def test_failing_batch_fails_only_its_items_and_the_loop_survives():
+async def test_a_failing_batch_is_rerun_item_by_item_so_only_the_failing_item_fails():
     runner = FakeRunner()
     runner.gate.clear()
     b = make(runner, max_batch=2, max_wait=0.0)
@@ -116,14 +118,15 @@ async def test_failing_batch_fails_only_its_items_and_the_loop_survives():
     fine = [b.submit(WorkItem("x", 2)), b.submit(WorkItem("x", "bad"))]
     runner.gate.set()
     await b.wait(blocking)
-    for item in doomed:
-        with pytest.raises(InferenceFailed) as err:
-            await b.wait(item)
-        assert "secret" not in err.value.message
-    assert (await b.wait(fine[0])).value[0] == 4
+    with pytest.raises(InferenceFailed) as err:
+        await b.wait(doomed[0])
+    assert "secret" not in err.value.message
+    assert (await b.wait(doomed[1])).value == 2  # batched with the failing item, yet it succeeds
+    assert [0] in runner.batches and ["boom", 1] in runner.batches and ["boom"] in runner.batches
+    assert (await b.wait(fine[0])).value == 4
     with pytest.raises(NotFound):
         await b.wait(fine[1])  # a per-item error stays with its item
-    assert b.alive and (await b.wait(b.submit(WorkItem("x", 7)))).value[0] == 14
+    assert b.alive and (await b.wait(b.submit(WorkItem("x", 7)))).value == 14
     await b.stop()
 
 

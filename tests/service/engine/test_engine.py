@@ -9,7 +9,6 @@ from adapters.anchor import Adapter
 from adapters.config import AdapterConfig
 from adapters.loading import ModelLoadError
 from service.engine.engine import Engine
-from service.engine.tasks import classify, embed
 from service.settings import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -26,10 +25,10 @@ async def test_engine_runs_tasks_with_configured_adapters(tmp_path, images, clip
         assert {i.name: (i.sigma, i.alpha) for i in served.adapters.infos()} == {
             "default": (0.5, 0.1), "strong": (2.0, 0.9)}
         img = images.image_of(3)
-        std = await classify(engine, img, ["cat", "dog"], robust=False)
-        strong = await classify(engine, img, ["cat", "dog"], adapter="strong")
+        std = await engine.classify(img, ["cat", "dog"], robust=False)
+        strong = await engine.classify(img, ["cat", "dog"], adapter="strong")
         assert (strong.robust, strong.adapter) == (True, "strong") and std.value != strong.value
-        vecs = await embed(engine, ["a", "b", "c"])
+        vecs = await engine.embed(["a", "b", "c"])
         assert len(vecs.value) == 3 and vecs.usage > 3 and not (vecs.value[0] == vecs.value[1]).all()
 
 

@@ -69,7 +69,7 @@ async def test_upload_refuses_bad_files_and_misfits(client, png):
     resp = await client.post("/v1/adapters", content=b"x", headers={"content-type": "text/plain"})
     assert resp.status_code == 400
     resp = await client.post("/v1/adapters", json={"name": "n", "path": "p", "extra": 1})
-    assert resp.status_code == 400
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_request"  # like every route
     assert (await client.post("/v1/classify", json={"image": png(), "labels": ["a"]})).status_code == 200
 
 

@@ -1,4 +1,5 @@
-"""Admission over HTTP: a full queue answers 429 with Retry-After, a slow forward 504; then it recovers.
+"""Admission over HTTP: a model holding max_queue calls answers 429 with Retry-After (before decoding the
+image), a slow forward 504; then it recovers.
 
 A dead batch loop turns /health/ready to 503."""
 
@@ -18,10 +19,10 @@ async def test_429_and_504_then_the_server_recovers(png):
     from service.engine.engine import Engine
     from service.settings import load_settings
 
-    settings = load_settings(models=["builtin:tiny-clip"], device="cpu", max_queue=1, max_batch_size=1,
+    settings = load_settings(models=["builtin:tiny-clip"], device="cpu", max_queue=2, max_batch_size=1,
                              request_timeout_s=1.0, warmup=False)
     async with Engine(settings) as engine:
-        batcher = engine.models["builtin:tiny-clip"].batcher
+        batcher = engine.models["builtin:tiny-clip"].worker
         gate, entered = threading.Event(), threading.Event()
         real = batcher._run_batch
 

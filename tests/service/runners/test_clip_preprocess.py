@@ -20,13 +20,30 @@ def test_fast_path_equals_the_processor(size):
     fast, slow = image_preprocessor(ip), ProcessorPreprocessor(ip)
     assert isinstance(fast, FastClipPreprocessor)
     rs = np.random.RandomState(0)
-    for h, w in [(300, 400), (400, 300), (size, size), (33, 97), (1, 500), (500, 1), (17, 5), (641, 479)]:
+    for h, w in [(300, 400), (400, 300), (size, size), (33, 97), (2, 300), (300, 2), (17, 5), (641, 479)]:
         img = Image.fromarray(rs.randint(0, 256, (h, w, 3), dtype=np.uint8))
         a, b = fast(img), slow(img)
         assert a.shape == b.shape == (3, size, size) and a.dtype == b.dtype == torch.float32
         assert torch.equal(a, b), (h, w)
     grey = Image.fromarray(rs.randint(0, 256, (50, 60), dtype=np.uint8)).convert("L")
     assert torch.equal(fast(grey), slow(grey.convert("RGB")))
+
+
+@pytest.mark.parametrize("size", [(1, 500), (500, 1), (2, 1000)])
+def test_both_paths_refuse_a_resize_past_the_bound_before_resizing(size, monkeypatch):
+    """Finding 1: at 224 px a 1x500 strip would become 112000x224 (25 Mpx); refused before any resize."""
+    from service.errors import BadRequest
+
+    ip = clip_processor(224).image_processor
+    img = Image.new("RGB", size)
+    resized: list[tuple[int, int]] = []
+    original = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resized.append(a[0]) or original(self, *a, **k))
+    for pre in (image_preprocessor(ip), ProcessorPreprocessor(ip)):
+        with pytest.raises(BadRequest) as err:
+            pre(img)
+        assert err.value.code == "image_aspect_ratio"
+    assert resized == []
 
 
 def test_unrecognised_processors_fall_back():

@@ -1,0 +1,83 @@
+"""What flows between the engine and the runners: work kinds, work items, outputs, runner contracts.
+
+A CLIP-family model is served by a ``BatchRunner`` behind the dynamic batcher (every item one image
+or one text); a chat model by a ``GenerationRunner`` behind the continuous-batching scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from adapters import Adapter
+
+
+class WorkKind(str, enum.Enum):
+    IMAGE = "image"  # classify or embed one image (R-Adapt applies)
+    TEXT = "text"  # embed one text
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """One unit of batched work; ``payload`` is the runner's prepared input."""
+
+    kind: WorkKind
+    payload: Any
+    adapter: str | None = None  # adapter name; None = standard mode
+    future: asyncio.Future = field(default=None)  # type: ignore[assignment]  # set by submit
+    enqueued: float = 0.0
+    deadline: float = float("inf")
+
+
+@dataclass(frozen=True)
+class Output:
+    """A runner's result for one item, with the adapter object that actually ran (None = standard)."""
+
+    value: Any
+    adapter_id: str | None = None
+
+
+class Runner(Protocol):
+    tasks: frozenset[str]
+
+    def warmup(self, adapters: Mapping[str, Adapter]) -> None: ...
+
+
+class BatchRunner(Runner, Protocol):
+    def run_batch(self, items: list[WorkItem], adapters: Mapping[str, Adapter]) -> list[Output | Exception]:
+        """Model thread: one ``Output`` or the item's own error per item, in order."""
+        ...
+
+
+class Worker(Protocol):
+    """What the engine needs from a model's worker: the CLIP ``Batcher`` or the ``GenerationScheduler``
+    today; a vLLM-backed generator (GPU, image embeddings in) would be another implementation."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def abort_all(self, error: Exception) -> None: ...
+
+    def wedged(self, after: float) -> bool: ...
+
+
+class GenerationRunner(Runner, Protocol):
+    """The mechanics the scheduler drives (``service.runners.vlm.VlmRunner``). A backend that schedules
+    by itself (vLLM) would replace the scheduler and this contract together: it takes the engine's
+    ``GenerationRequest`` (prompt, ``SamplingParams``, adapter, deadline, stream) and resolves its future."""
+
+    eos: frozenset[int]
+    device: Any
+    context_length: int
+
+    def prepare(self, messages: list[dict[str, Any]], images: Sequence[Any]) -> Any: ...
+
+    def text_of(self, stop: tuple[str, ...]) -> Any: ...
+
+    def prefill(self, prompt: Any, adapter: Adapter | None) -> tuple[Any, Any]: ...
+
+    def decode(self, batch: Any, tokens: list[int]) -> Any: ...
