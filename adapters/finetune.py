@@ -69,6 +69,16 @@ def vision_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps`` (per ``step()``)."""
+
+    def factor(step: int) -> float:
+        cosine = 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        return min(1.0, (step + 1) / warmup_steps) * cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def fare_loss(embed: Callable[[torch.Tensor], torch.Tensor], clean: torch.Tensor,
               x: torch.Tensor) -> torch.Tensor:
     """Per-sample ``|| embed(x) - clean ||²``: ``[B]``."""
@@ -109,8 +119,7 @@ def finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     per_epoch = math.ceil(images.shape[0] / settings.batch_size)
     total = settings.epochs * per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps)
-                                              * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = warmup_cosine(opt, settings.warmup_steps, total)
     shuffle = torch.Generator().manual_seed(settings.seed)
     noise = torch.Generator().manual_seed(settings.seed + 1)
     started = time.time()

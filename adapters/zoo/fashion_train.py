@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel
 
+from adapters.finetune import warmup_cosine
 from adapters.zeroshot import TEMPLATES, Normalize
 from adapters.zoo import fashion, fashion_data
 
@@ -116,8 +117,7 @@ def _train(settings: ContrastiveSettings, progress: bool) -> CLIPModel:
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(images.shape[0] / settings.batch_size)
     total = settings.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps)
-                                              * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = warmup_cosine(opt, settings.warmup_steps, total)
     gen = torch.Generator().manual_seed(settings.seed)
     started = time.time()
     for epoch in range(settings.epochs):
