@@ -133,9 +133,12 @@ def _apgd_ce(model: nn.Module, x: torch.Tensor, eps: float, steps: int, seed: in
 
 
 def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, name: str, steps: int,
-           seed: int = 0) -> torch.Tensor:
-    """Adversarial images for ``x: [B, 3, H, W]`` with labels ``y: [B]`` by attack ``name``."""
+           seed: int = 0, n_target_classes: int = 9) -> torch.Tensor:
+    """Adversarial images for ``x: [B, 3, H, W]`` with labels ``y: [B]`` by attack ``name``.
+
+    ``n_target_classes``: APGD-T's runner-up classes (AutoAttack's 9; fewer is cheaper and weaker).
+    """
     if name == "pgd":
         gen = torch.Generator(device=x.device).manual_seed(seed)
         return pgd(cross_entropy_loss(model, y), x, eps, steps=steps, generator=gen)
-    return apgd(model, x, y, eps, attack=name, steps=steps, seed=seed)
+    return apgd(model, x, y, eps, attack=name, steps=steps, seed=seed, n_target_classes=n_target_classes)

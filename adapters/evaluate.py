@@ -80,10 +80,11 @@ def sweep_configs(base: Adapter, sigmas: Sequence[float], alphas: Sequence[float
 def evaluate(rmodel: RAdaptModel, text: torch.Tensor, logit_scale: float, images: torch.Tensor,
              labels: torch.Tensor, configs: Sequence[EvalConfig], eps: Sequence[float],
              attacks: Sequence[str], steps: int = 100, batch_size: int = 32, seed: int = 0,
-             progress: bool = True) -> list[ConfigResult]:
+             progress: bool = True, n_target_classes: int = 9) -> list[ConfigResult]:
     """Evaluate each configuration on ``images: [N, 3, H, W]`` in [0, 1] with ``labels: [N]``.
 
-    ``text: [C, D]`` class embeddings; ``eps`` in 1/255; ``attacks`` from ``ATTACKS``.
+    ``text: [C, D]`` class embeddings; ``eps`` in 1/255; ``attacks`` from ``ATTACKS``;
+    ``n_target_classes`` for APGD-T (AutoAttack's 9 by default).
     """
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
@@ -108,7 +109,8 @@ def evaluate(rmodel: RAdaptModel, text: torch.Tensor, logit_scale: float, images
                 ok = _predict(clf, x) == y
                 correct = torch.cat([correct, ok.cpu()])
                 for e in eps:
-                    mask = _attack_batch(clf, x, y, ok, e, attacks, steps, seed + b, survived[e])
+                    mask = _attack_batch(clf, x, y, ok, e, attacks, steps, seed + b, survived[e],
+                                         n_target_classes)
                     robust[e] = torch.cat([robust[e], mask.cpu()])
                 bar.set_postfix(config=config.name[:24], clean=f"{correct.float().mean():.3f}")
                 bar.update(1)
@@ -126,13 +128,14 @@ def _predict(clf: ZeroShotClassifier, x: torch.Tensor) -> torch.Tensor:
 
 
 def _attack_batch(clf: ZeroShotClassifier, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, eps: float,
-                  attacks: Sequence[str], steps: int, seed: int, survived: dict[str, int]) -> torch.Tensor:
+                  attacks: Sequence[str], steps: int, seed: int, survived: dict[str, int],
+                  n_target_classes: int = 9) -> torch.Tensor:
     """Per-sample robustness ``[B]`` (bool): correct clean and after each attack in turn."""
     robust = ok.clone()
     for name in attacks:
         idx = robust.nonzero().flatten()
         if idx.numel() > 0 and eps > 0:
-            x_adv = attack(clf, x[idx], y[idx], eps, name, steps, seed=seed)
+            x_adv = attack(clf, x[idx], y[idx], eps, name, steps, seed=seed, n_target_classes=n_target_classes)
             robust[idx] = _predict(clf, x_adv) == y[idx]
         survived[name] += int(robust.sum())
     return robust

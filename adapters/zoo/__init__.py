@@ -21,6 +21,18 @@ class BuiltinSpec:
     name: str
     description: str
     build: Callable[[], tuple[Any, Any]]  # () -> (model, processor)
+    files: tuple[str, ...] = ()  # committed weight files (under zoo/weights) the build reads
+
+    def digest(self) -> str:
+        """A short hash of ``files``' contents ('' when none): retrained weights get a fresh cache."""
+        if not self.files:
+            return ""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in self.files:
+            h.update((Path(__file__).with_name("weights") / name).read_bytes())
+        return "-" + h.hexdigest()[:12]
 
 
 def _clip(attr: str) -> Callable[[], tuple[Any, Any]]:
@@ -28,6 +40,14 @@ def _clip(attr: str) -> Callable[[], tuple[Any, Any]]:
         from adapters.zoo import clip
 
         return getattr(clip, attr)()
+    return build
+
+
+def _fashion(attr: str) -> Callable[[], tuple[Any, Any]]:
+    def build() -> tuple[Any, Any]:
+        from adapters.zoo import fashion
+
+        return getattr(fashion, attr)()
     return build
 
 
@@ -45,6 +65,12 @@ REGISTRY: dict[str, BuiltinSpec] = {
         BuiltinSpec("tiny-clip", "CLIP, 32 px, 8 px patches, width 32, 2+2 layers", _clip("tiny_clip")),
         BuiltinSpec("clip-vit-b32-random", "CLIP ViT-B/32 architecture at 224 px, random weights",
                     _clip("clip_vit_b32_random")),
+        BuiltinSpec("fashion-clip", "CLIP trained on Fashion-MNIST, 28 px, 4 px patches, width 128, 4+3 layers",
+                    _fashion("fashion_clip"), ("fashion-clip.safetensors",)),
+        BuiltinSpec("fashion-clip-fare", "fashion-clip, vision tower FARE-fine-tuned (eps 4/255)",
+                    _fashion("fashion_clip_fare"), ("fashion-clip.safetensors", "fashion-clip-fare.safetensors")),
+        BuiltinSpec("fashion-clip-tecoa", "fashion-clip, vision tower TeCoA-fine-tuned (eps 4/255)",
+                    _fashion("fashion_clip_tecoa"), ("fashion-clip.safetensors", "fashion-clip-tecoa.safetensors")),
         BuiltinSpec("tiny-llava", "LLaVA: tiny CLIP vision tower + tiny Llama", _vlm("tiny_llava")),
         BuiltinSpec("tiny-qwen2-vl", "Qwen2-VL, tiny vision and text towers", _vlm("tiny_qwen2_vl")),
         BuiltinSpec("tiny-qwen2.5-vl", "Qwen2.5-VL, tiny, window attention", _vlm("tiny_qwen2_5_vl")),
@@ -85,7 +111,7 @@ def cache_dir() -> Path:
 def ensure_exported(name: str) -> Path:
     """The folder of ``name``'s export in the local cache, building it on first use."""
     spec = spec_for(name)
-    target = cache_dir() / f"{spec.name}-v{ZOO_VERSION}"
+    target = cache_dir() / f"{spec.name}-v{ZOO_VERSION}{spec.digest()}"
     if (target / ".complete").exists():
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -15,10 +17,11 @@ def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def clip_processor(image_size: int, max_length: int = 77) -> CLIPProcessor:
+def clip_processor(image_size: int, max_length: int = 77, mean: Sequence[float] = OPENAI_CLIP_MEAN,
+                   std: Sequence[float] = OPENAI_CLIP_STD) -> CLIPProcessor:
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-        image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD),
+        image_mean=list(mean), image_std=list(std),
     )
     return CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(max_length))
 
