@@ -22,6 +22,9 @@ class BuiltinSpec:
     description: str
     build: Callable[[], tuple[Any, Any]]  # () -> (model, processor)
     files: tuple[str, ...] = ()  # committed weight files (under zoo/weights) the build reads
+    # (sigma, alpha) of the default adapter when the server is not told: what `radapt eval --sweep` chose for
+    # this model (None: the library defaults)
+    robust_defaults: tuple[float, float] | None = None
 
     def digest(self) -> str:
         """A short hash of ``files``' contents ('' when none): retrained weights get a fresh cache."""
@@ -66,7 +69,7 @@ REGISTRY: dict[str, BuiltinSpec] = {
         BuiltinSpec("clip-vit-b32-random", "CLIP ViT-B/32 architecture at 224 px, random weights",
                     _clip("clip_vit_b32_random")),
         BuiltinSpec("fashion-clip", "CLIP trained on Fashion-MNIST, 28 px, 4 px patches, width 128, 4+3 layers",
-                    _fashion("fashion_clip"), ("fashion-clip.safetensors",)),
+                    _fashion("fashion_clip"), ("fashion-clip.safetensors",), robust_defaults=(0.5, 0.0)),
         BuiltinSpec("fashion-clip-fare", "fashion-clip, vision tower FARE-fine-tuned (eps 4/255)",
                     _fashion("fashion_clip_fare"), ("fashion-clip.safetensors", "fashion-clip-fare.safetensors")),
         BuiltinSpec("fashion-clip-tecoa", "fashion-clip, vision tower TeCoA-fine-tuned (eps 4/255)",
@@ -89,6 +92,13 @@ def spec_for(name: str) -> BuiltinSpec:
         raise KeyError(f"unknown builtin model {name!r}; known: "
                        + ", ".join(PREFIX + k for k in sorted(REGISTRY)))
     return REGISTRY[key]
+
+
+def robust_defaults(name: str) -> tuple[float, float] | None:
+    """The swept (sigma, alpha) of a builtin model (docs/fashion-clip.md); None for other names."""
+    if not is_builtin(name) or name[len(PREFIX):] not in REGISTRY:
+        return None
+    return REGISTRY[name[len(PREFIX):]].robust_defaults
 
 
 def export(name: str, out_dir: str | os.PathLike[str]) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 from adapters import Adapter, RAdaptModel
 from adapters.acquire import white_adapter
 from adapters.loading import LoadedModel, ModelLoadError
+from adapters.zoo import robust_defaults
 from service.adapters_manager import DEFAULT, AdapterStore, parse_file
 from service.engine.batcher import Batcher
 from service.engine.scheduler import GenerationScheduler, SchedulerLimits
@@ -49,7 +50,11 @@ def load_served(name: str, settings: Settings, metrics: Metrics, loader: Callabl
     rmodel = RAdaptModel.from_loaded(loaded)
     store = AdapterStore(name, rmodel.fingerprint, loaded.device, loaded.dtype, metrics,
                          allow_weight_mismatch=s.allow_weight_mismatch)
-    store.put(DEFAULT, white_adapter(rmodel, s.sigma, s.alpha, source=f"white:{name}"))
+    sigma, alpha = s.sigma, s.alpha
+    swept = robust_defaults(name)  # a builtin model's own swept values, unless the server was told
+    if swept is not None:
+        sigma, alpha = swept[0] if sigma is None else sigma, swept[1] if alpha is None else alpha
+    store.put(DEFAULT, white_adapter(rmodel, sigma, alpha, source=f"white:{name}"))
     worker: Batcher | GenerationScheduler
     if loaded.family == "clip":
         from service.runners.clip import ClipRunner

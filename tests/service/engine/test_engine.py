@@ -44,3 +44,14 @@ async def test_an_adapter_that_fits_no_model_stops_the_start(tmp_path):
         await engine.start()
     assert engine.state == "failed" and "fits none" in engine.error
     await engine.stop()
+
+
+async def test_a_builtin_models_swept_defaults_make_its_default_adapter_unless_told():
+    """builtin:fashion-clip's sweep chose sigma 0.5, alpha 0 (docs/fashion-clip.md); the library defaults
+    (sigma 1, alpha 0.5) take it from 82% to 23% clean, so its `default` adapter must not use them."""
+    for given, expected in [({}, (0.5, 0.0)), ({"sigma": 1.5}, (1.5, 0.0)), ({"alpha": 0.3}, (0.5, 0.3))]:
+        settings = load_settings(models=["builtin:fashion-clip"], device="cpu", dtype="float32", warmup=False,
+                                 **given)
+        async with Engine(settings) as engine:
+            info = engine.models["builtin:fashion-clip"].adapters.infos()[0]
+            assert (info.name, info.sigma, info.alpha) == ("default", *expected)
