@@ -116,6 +116,9 @@ class Settings(BaseSettings):
                                       description="generations decoding at once per model (rows of one forward)")
     max_batch_tokens: int = Field(65536, ge=64, description="KV-cache tokens the running generations of a model "
                                   "may reserve (prompt + max_tokens each); bounds memory per model")
+    torch_threads: int | None = Field(None, ge=1, le=512, description="torch intra-op threads in the server "
+                                      "process (default: torch's choice, one per core); 1 leaves the other cores "
+                                      "to HTTP and preprocessing, which small models gain from")
     switch_interval_ms: float = Field(0.5, gt=0.0, le=100.0, description="Python's GIL switch interval in the "
                                       "server process: the model thread runs Python between kernels, and a short "
                                       "interval lets HTTP and preprocessing threads in without waiting up to 5 ms")

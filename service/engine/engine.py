@@ -346,7 +346,7 @@ class Engine:
             raise BadRequest("presence_penalty and frequency_penalty must be between -2 and 2", "invalid_penalty")
         if r.seed is not None and not -(2 ** 63) <= r.seed < 2 ** 64:
             raise BadRequest("seed must fit in 64 bits", "invalid_seed")
-        return SamplingParams(max_tokens, temperature, top_p, r.seed, stop, *penalties)
+        return SamplingParams(max_tokens, temperature, top_p, r.seed, stop, *penalties, r.ignore_eos)
 
     def _check_context(self, served: ServedModel, prompt_tokens: int, max_tokens: int) -> None:
         context = served.runner.context_length

@@ -32,6 +32,7 @@ class SamplingRequest:
     stop: Sequence[str] = ()
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    ignore_eos: bool = False
 
 
 def split_messages(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[ImageInput], int]:

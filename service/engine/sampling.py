@@ -39,6 +39,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    ignore_eos: bool = False  # vLLM's extension: decode max_tokens whatever the model says (benchmarks)
 
     @property
     def greedy(self) -> bool:

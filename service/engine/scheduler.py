@@ -351,7 +351,7 @@ class GenerationScheduler:
         row.count += 1
         self._tokens.inc()
         row.sampler.record(token)
-        if token in self.runner.eos:
+        if token in self.runner.eos and not row.req.params.ignore_eos:
             row.finish = "stop"
             return
         delta = row.text.add(token)

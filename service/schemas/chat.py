@@ -50,13 +50,14 @@ class Sampled(Strict):
     seed: int | None = Field(None, ge=-(2 ** 63), lt=2 ** 64, description="makes a sampled request reproducible")
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens even past the end of turn")
     robust: bool | None = None
     adapter: str | None = None
 
     def sampling(self, max_tokens: int | None = None, stop: str | list[str] | None = None) -> SamplingRequest:
         stops = [stop] if isinstance(stop, str) else (stop or [])
         return SamplingRequest(max_tokens or self.max_tokens, self.temperature, self.top_p, self.seed, tuple(stops),
-                               self.presence_penalty, self.frequency_penalty)
+                               self.presence_penalty, self.frequency_penalty, self.ignore_eos)
 
 
 class ChatRequest(Sampled):

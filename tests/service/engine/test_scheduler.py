@@ -252,3 +252,14 @@ async def test_on_cuda_interleaved_equals_alone_in_float32_and_bfloat16_runs(ima
                 if dtype == "float32":
                     assert [g.value.text for g in together] == [g.text for g in alone]
                     assert len({g.text for g in alone}) >= 4
+
+
+async def test_ignore_eos_generates_max_tokens_past_the_end_of_turn(engine, images, monkeypatch):
+    model = FAMILIES[0]
+    runner = engine.models[model].runner
+    monkeypatch.setattr(runner, "eos", frozenset(range(len(runner.tokenizer))))  # every token ends the turn
+    msgs = messages(images, 1, 1, 1)
+    ended = (await engine.generate(msgs, SamplingRequest(max_tokens=8), model=model)).value
+    forced = (await engine.generate(msgs, SamplingRequest(max_tokens=8, ignore_eos=True), model=model)).value
+    assert (ended.completion_tokens, ended.finish_reason, ended.text) == (1, "stop", "")
+    assert (forced.completion_tokens, forced.finish_reason) == (8, "length") and forced.text
