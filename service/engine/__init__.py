@@ -1,4 +1,5 @@
-"""The engine: per-model dynamic batchers, admission, and task calls usable without HTTP."""
+"""The engine: per-model workers (CLIP dynamic batcher, continuous-batching generation scheduler),
+admission and deadlines, and the task calls, usable without HTTP."""
 
 from service.engine.engine import Engine, ServedModel
 
