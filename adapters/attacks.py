@@ -40,7 +40,7 @@ def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: f
     if eps < 0 or steps < 0:
         raise ValueError(f"eps and steps must be >= 0, got eps={eps}, steps={steps}")
     x = x.detach().float()
-    step_size = (2.5 * eps / max(steps, 1) if step is None else step) / 255.0
+    step = madry_step(eps, steps) if step is None else step
     if random_start and eps > 0:
         noise = torch.rand(x.shape, generator=generator, device=x.device)  # generator on x's device
         x_adv = linf_project(x + (2 * noise - 1) * (eps / 255.0), x, eps)
@@ -51,8 +51,20 @@ def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: f
         with torch.enable_grad():
             loss = loss_fn(x_adv).sum()
         (grad,) = torch.autograd.grad(loss, [x_adv])
-        x_adv = linf_project(x_adv.detach() + step_size * grad.sign(), x, eps)
+        x_adv = pgd_step(x_adv.detach(), grad, x, eps, step)
     return x_adv.detach()
+
+
+def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: float, step: float) -> torch.Tensor:
+    """One L-inf PGD ascent step: ``x_adv + step * sign(grad)`` projected onto the eps-ball around ``x``
+    and [0, 1] (``eps`` and ``step`` in 1/255). For callers that get the gradient elsewhere (the
+    engine's attack, whose gradients come from the model thread one step at a time)."""
+    return linf_project(x_adv + (step / 255.0) * grad.sign(), x, eps)
+
+
+def madry_step(eps: float, steps: int) -> float:
+    """PGD's step size (1/255) by Madry et al.'s rule, ``2.5 * eps / steps``."""
+    return 2.5 * eps / max(steps, 1)
 
 
 def cross_entropy_loss(model: nn.Module, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

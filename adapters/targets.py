@@ -137,7 +137,10 @@ class ClipFamily(VisionFamily):
         if key not in self._folded:
             if len(self._folded) >= 32:  # sigmas are per adapter: a handful in practice
                 self._folded.pop(next(iter(self._folded)))
-            self._folded[key] = fold_blur_into_weight(conv.weight, sigma, radius)
+            # a normal tensor even when first built in serving's inference mode: the attacks'
+            # forward (autograd through robust mode) saves it for backward
+            with torch.inference_mode(False), torch.no_grad():
+                self._folded[key] = fold_blur_into_weight(conv.weight, sigma, radius)
         return blurred_patch_conv(x, conv, sigma, self._folded[key])
 
     def attention_site(self) -> tuple[nn.Module, str]:

@@ -121,6 +121,12 @@ def create_app(settings: Settings, engine: Engine | None = None,
 
     for module in (classify, embeddings, chat, tasks, adapters, models, health, metrics):
         app.include_router(module.router)
+    if settings.playground:
+        from service.playground import Playground
+        from service.routes import playground
+
+        app.state.playground = Playground(settings, engine)
+        app.include_router(playground.router)
     app.add_middleware(RequestMiddleware, metrics=engine.metrics, max_body=settings.max_body_bytes)
     return app
 

@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     max_inputs: int = Field(256, ge=1, description="inputs per embeddings request")
     max_text_chars: int = Field(8192, ge=1, description="longest text input or label")
     max_images_per_request: int = Field(8, ge=1, description="images in one chat request")
+    # playground and attacks
+    playground: bool = Field(False, description="serve the /playground page (standard vs robust predictions, "
+                             "attacks crafted on the server)")
+    attack_max_eps: int = Field(16, ge=1, le=64, description="largest L-inf budget an attack may ask for, in 1/255")
+    attack_max_steps: int = Field(20, ge=1, le=200, description="most PGD steps an attack may ask for; each step is "
+                                  "one forward and backward, queued between serving batches")
+    attacks_per_minute: float = Field(12.0, gt=0.0, le=6000.0, description="attacks each client address may start "
+                                      "per minute (token bucket, bursts of up to 3)")
     # remote images
     allow_remote_images: bool = Field(False, description="fetch http(s) image URLs (public addresses only)")
     remote_timeout_s: float = Field(5.0, gt=0.0, le=120.0, description="whole fetch of a remote image, seconds")

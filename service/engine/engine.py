@@ -21,10 +21,13 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from adapters.attacks import madry_step, pgd_step
 from adapters.loading import LoadedModel, ModelLoadError, load_model
 from service.adapters_manager import DEFAULT
 from service.engine.generation import Generating, SamplingRequest, split_messages
@@ -36,6 +39,7 @@ from service.engine.work import WorkItem, WorkKind
 from service.errors import BadRequest, NotFound, NotReady, Overloaded, PayloadTooLarge, RequestTimeout
 from service.media import MediaLimits
 from service.metrics import Metrics
+from service.runners.clip import ClipGradient
 from service.settings import DEFAULT_TEMPLATE, Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ class Engine:
         self.started = int(time.time())  # `created` of the model objects (OpenAI's unix seconds)
         self.error: str | None = None
         self._in_flight: dict[str, int] = {}
+        self._attacking: set[str] = set()  # models with an attack running
         self._idle = asyncio.Event()
 
     # lifecycle
@@ -208,13 +213,8 @@ class Engine:
         self.metrics.robust_requests.labels(model=served.name, mode=mode).inc(n)
 
     # CLIP tasks
-    async def classify(self, image: ImageInput, labels: Sequence[str], template: str | None = None,
-                       top_k: int | None = None, robust: bool | None = None, adapter: str | None = None,
-                       model: str | None = None) -> TaskResult:
-        """Zero-shot classification: ``value`` is ``[(label, score)]`` sorted by score."""
+    def _check_labels(self, labels: Sequence[str], template: str | None) -> None:
         s = self.settings
-        served = self.get(model, "classify")
-        name = self.mode(served, robust, adapter)
         if not labels:
             raise BadRequest("labels is empty", "empty_input")
         if len(labels) > s.max_labels:
@@ -227,6 +227,14 @@ class Engine:
         if max(len(x) for x in labels) + len(template or "") > s.max_text_chars:
             raise PayloadTooLarge(f"a label (with its template) exceeds {s.max_text_chars} characters",
                                   "text_too_long")
+
+    async def classify(self, image: ImageInput, labels: Sequence[str], template: str | None = None,
+                       top_k: int | None = None, robust: bool | None = None, adapter: str | None = None,
+                       model: str | None = None) -> TaskResult:
+        """Zero-shot classification: ``value`` is ``[(label, score)]`` sorted by score."""
+        served = self.get(model, "classify")
+        name = self.mode(served, robust, adapter)
+        self._check_labels(labels, template)
         start = time.monotonic()
         with self._admitted(served) as deadline:
             (img,) = await self._images(deadline, [image], self.limits)
@@ -235,6 +243,55 @@ class Engine:
             self._count_mode(served, name)
             done = await self._run(served, [WorkItem(WorkKind.IMAGE, payload, name)], deadline)
         return TaskResult.of(served.name, name, done, done[0].value, start)
+
+    async def attack(self, image: ImageInput, labels: Sequence[str], eps: int, steps: int,
+                     template: str | None = None, robust: bool = False, adapter: str | None = None,
+                     model: str | None = None) -> TaskResult:
+        """An L-inf PGD attack on zero-shot classification, crafted here: ``value`` is an ``AttackOutcome``.
+
+        Untargeted: it pushes down the label the attacked mode ranks first on the clean image, at the
+        model's input size, ``eps`` in 1/255 (whole 8-bit levels, so the attacked image is an image
+        again), Madry's step size, no random start (the same inputs give the same image). Standard
+        mode is attacked unless ``robust``/``adapter`` say otherwise (then the gradient runs through
+        R-Adapt: an adaptive attack). Each step is one work item of the model's batcher, so serving
+        goes on between steps; one attack per model at a time (429 ``attack_busy``)."""
+        s = self.settings
+        served = self.get(model, "classify")
+        name = self.mode(served, robust, adapter)
+        self._check_labels(labels, template)
+        if len(labels) < 2:
+            raise BadRequest("an attack needs at least two labels to move between", "too_few_labels")
+        if isinstance(eps, bool) or not isinstance(eps, int) or not 1 <= eps <= s.attack_max_eps:
+            raise BadRequest(f"eps must be a whole number of 1/255 steps from 1 to {s.attack_max_eps}",
+                             "invalid_eps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= s.attack_max_steps:
+            raise BadRequest(f"steps must be from 1 to {s.attack_max_steps}", "invalid_steps")
+        if served.name in self._attacking:
+            raise Overloaded(f"an attack on {served.name} is running; one runs at a time per model",
+                             "attack_busy", headers={"Retry-After": "1"})
+        start = time.monotonic()
+        prompts = tuple((template or DEFAULT_TEMPLATE).replace("{}", label) for label in labels)
+        self._attacking.add(served.name)
+        result = "error"
+        try:
+            with self._admitted(served) as deadline:
+                (img,) = await self._images(deadline, [image], self.limits)
+                x = await self.in_pool(deadline, served.runner.prepare_attack, img)
+                x_adv, target, before, uid, model_time = x, None, (), None, 0.0
+                for _ in range(steps):
+                    item = WorkItem(WorkKind.GRADIENT, ClipGradient(x_adv, prompts, target), name)
+                    (done,) = await self._run(served, [item], deadline)
+                    if target is None:
+                        target, before = done.value.target, done.value.probs
+                    uid, model_time = done.adapter_id, model_time + done.inference_time
+                    x_adv = pgd_step(x_adv, done.value.grad, x, eps, madry_step(eps, steps))
+            result = "ok"
+        finally:
+            self._attacking.discard(served.name)
+            self.metrics.attacks.labels(model=served.name, result=result).inc()
+        outcome = AttackOutcome(_uint8(x), _uint8(x_adv), labels[target], eps, steps, dict(zip(labels, before)))
+        return TaskResult(served.name, name is not None, name, uid, outcome,
+                          max(0.0, time.monotonic() - start - model_time), model_time)
 
     async def embed(self, inputs: Sequence[Any], modality: str = "text", robust: bool | None = None,
                     adapter: str | None = None, model: str | None = None) -> TaskResult:
@@ -358,6 +415,25 @@ class Engine:
                              f"max_batch_tokens of {self.settings.max_batch_tokens}", "context_length_exceeded")
 
 
+@dataclass(frozen=True)
+class AttackOutcome:
+    """``original`` and ``attacked``: ``[H, W, 3]`` uint8 at the model's input size, at most ``eps``
+    levels apart; ``label``: the label pushed down; ``clean``: the attacked mode's scores on the
+    original, by label."""
+
+    original: np.ndarray
+    attacked: np.ndarray
+    label: str
+    eps: int
+    steps: int
+    clean: dict[str, float]
+
+
+def _uint8(pixels: Any) -> np.ndarray:
+    """``[3, H, W]`` in [0, 1] -> ``[H, W, 3]`` uint8."""
+    return (pixels.clamp(0.0, 1.0) * 255.0).round().to(dtype=torch.uint8).permute(1, 2, 0).numpy().copy()
+
+
 def _unless_late(deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
     """Pool side: skip work whose request already timed out while it waited for a thread."""
     if time.monotonic() > deadline:
@@ -365,4 +441,4 @@ def _unless_late(deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-__all__ = ["Engine", "ModelLoadError", "ServedModel", "TaskResult"]
+__all__ = ["AttackOutcome", "Engine", "ModelLoadError", "ServedModel", "TaskResult"]

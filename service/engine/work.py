@@ -18,6 +18,7 @@ from adapters import Adapter
 class WorkKind(str, enum.Enum):
     IMAGE = "image"  # classify or embed one image (R-Adapt applies)
     TEXT = "text"  # embed one text
+    GRADIENT = "gradient"  # one attack step: the input gradient of a zero-shot loss (R-Adapt applies)
 
 
 @dataclass(eq=False)

@@ -4,7 +4,9 @@ Contract shared by all runners: ``prepare_*`` run per request in the worker pool
 ``run_batch(items, adapters)`` runs in the model thread with one forward for the whole mixed batch:
 every image of the batch -- classify or embed, robust or standard, any adapter -- goes through one
 vision forward with R-Adapt applied per sample; every text (text embeddings and label prompts the
-LRU does not hold yet) through one text forward.
+LRU does not hold yet) through one text forward. Attack steps (``GRADIENT`` items: the engine's
+``attack``) get one forward and backward of their own in the same call, so an attack advances one
+step per batch and serving goes on between its steps.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from service.engine.work import Output, WorkItem, WorkKind
 from service.errors import BadRequest, NotFound
 from service.runners.preprocess import image_preprocessor
 
-IMAGE, TEXT = WorkKind.IMAGE, WorkKind.TEXT
+IMAGE, TEXT, GRADIENT = WorkKind.IMAGE, WorkKind.TEXT, WorkKind.GRADIENT
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,26 @@ class ClipImage:
 @dataclass(frozen=True)
 class ClipText:
     ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ClipGradient:
+    """One attack step. ``pixels: [3, H, W]`` in [0, 1] at the model's input size (normalised inside
+    the forward, so the gradient is with respect to pixels); the loss is the cross-entropy of the
+    zero-shot logits over ``prompts`` at label ``target`` (None: the image's top-1 label now)."""
+
+    pixels: torch.Tensor
+    prompts: tuple[str, ...]
+    target: int | None = None
+
+
+@dataclass(frozen=True)
+class GradientStep:
+    """``grad: [3, H, W]`` float32 on the CPU; ``probs`` over the prompts at the input that was sent."""
+
+    grad: torch.Tensor
+    target: int
+    probs: tuple[float, ...]
 
 
 class LabelCache:
@@ -88,6 +110,14 @@ class ClipRunner:
         prompts = tuple(template.replace("{}", label) for label in labels)
         return ClipImage(self.preprocess(image), tuple(labels), prompts, top_k)
 
+    def prepare_attack(self, image: Image.Image) -> torch.Tensor:
+        """The image as the model sees it, in [0, 1] (``[3, H, W]``): preprocessing undone after the
+        resize and crop, so an attack perturbs the very pixels the encoder gets."""
+        mean = torch.tensor(self.rmodel.family.image_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.rmodel.family.image_std, dtype=torch.float32).view(3, 1, 1)
+        pixels = self.preprocess(image) * std + mean
+        return (pixels.clamp(0.0, 1.0) * 255.0).round() / 255.0  # whole 8-bit levels: an image again
+
     def prepare_text(self, text: str) -> ClipText:
         return ClipText(tuple(self.tokenize([text])[0]))
 
@@ -98,21 +128,31 @@ class ClipRunner:
         return self.tokenizer(list(texts), truncation=True, max_length=self.max_len)["input_ids"]
 
     # model thread
-    @torch.inference_mode()
     def run_batch(self, items: list[WorkItem], adapters: Mapping[str, Adapter]) -> list[Output | Exception]:
+        results: list[Any] = [None] * len(items)
+        attack = [i for i, item in enumerate(items) if item.kind == GRADIENT]
+        if len(attack) < len(items):
+            rest = [i for i in range(len(items)) if items[i].kind != GRADIENT]
+            for i, out in zip(rest, self._infer([items[i] for i in rest], adapters), strict=True):
+                results[i] = out
+        if attack:
+            for i, out in zip(attack, self._gradients([items[i] for i in attack], adapters), strict=True):
+                results[i] = out
+        return results
+
+    @torch.inference_mode()
+    def _infer(self, items: list[WorkItem], adapters: Mapping[str, Adapter]) -> list[Output | Exception]:
         results: list[Any] = [None] * len(items)
         images: list[int] = []
         samples: list[Adapter | None] = []
         for i, item in enumerate(items):
             if item.kind != IMAGE:
                 continue
-            if item.adapter is None:
-                samples.append(None)
-            elif item.adapter in adapters:
-                samples.append(adapters[item.adapter])
-            else:  # removed after the request was admitted
-                results[i] = NotFound(f"adapter {item.adapter!r} was removed", "adapter_not_found")
+            adapter = _adapter_of(item, adapters)
+            if isinstance(adapter, Exception):
+                results[i] = adapter
                 continue
+            samples.append(adapter)
             images.append(i)
         texts = [i for i, item in enumerate(items) if item.kind == TEXT]
         known, missing = self._lookup_prompts(items[i].payload for i in images)
@@ -130,6 +170,54 @@ class ClipRunner:
             outs = self._image_results([items[i].payload for i in images], img_emb, known)
             for i, out, adapter in zip(images, outs, samples, strict=True):
                 results[i] = Output(out, None if adapter is None else adapter.uid)
+        return results
+
+    def _gradients(self, items: list[WorkItem], adapters: Mapping[str, Adapter]) -> list[Output | Exception]:
+        """Attack steps: one forward and backward for all of them, R-Adapt per sample (an attack on
+        robust mode differentiates through the filter and the anchor)."""
+        results: list[Any] = [None] * len(items)
+        live: list[int] = []
+        samples: list[Adapter | None] = []
+        for i, item in enumerate(items):
+            adapter = _adapter_of(item, adapters)
+            if isinstance(adapter, Exception):
+                results[i] = adapter
+            else:
+                live.append(i)
+                samples.append(adapter)
+        if not live:
+            return results
+        payloads: list[ClipGradient] = [items[i].payload for i in live]
+        with torch.inference_mode():
+            known, missing = self._lookup_prompts(payloads)
+            if missing:
+                for prompt, emb in zip(missing, self._encode_texts(self.tokenize(missing)), strict=True):
+                    known[prompt] = emb
+                    self.cache.put(prompt, emb)
+        # the label embeddings are constants of the loss; clones outside inference mode can enter autograd
+        texts = [torch.stack([known[p] for p in pl.prompts]).clone() for pl in payloads]
+        x = torch.stack([pl.pixels for pl in payloads]).to(self.device, torch.float32).requires_grad_(True)
+        mean = torch.tensor(self.rmodel.family.image_mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.rmodel.family.image_std, device=self.device).view(1, 3, 1, 1)
+        with torch.enable_grad():
+            try:
+                with self.rmodel.control(samples):
+                    out = self.model.get_image_features(pixel_values=((x - mean) / std).to(self.dtype))
+            except AdapterError as exc:
+                raise BadRequest(str(exc), "adapter_mismatch") from None
+            emb = F.normalize(_pooled(out).float(), dim=-1)
+            losses, targets, probs = [], [], []
+            for k, (pl, text) in enumerate(zip(payloads, texts, strict=True)):
+                logits = self.logit_scale * emb[k] @ text.T  # [L]
+                target = int(logits.argmax()) if pl.target is None else pl.target
+                losses.append(F.cross_entropy(logits[None], torch.tensor([target], device=self.device)))
+                targets.append(target)
+                probs.append(tuple(logits.detach().softmax(-1).cpu().tolist()))
+            (grad,) = torch.autograd.grad(torch.stack(losses).sum(), [x])
+        grad = grad.detach().float().cpu()
+        for k, i in enumerate(live):
+            results[i] = Output(GradientStep(grad[k], targets[k], probs[k]),
+                                None if samples[k] is None else samples[k].uid)
         return results
 
     def _image_results(self, payloads: list[ClipImage], img_emb: torch.Tensor,
@@ -200,6 +288,16 @@ class ClipRunner:
         for result in self.run_batch(items, adapters):
             if isinstance(result, Exception):
                 raise result
+
+
+def _adapter_of(item: WorkItem, adapters: Mapping[str, Adapter]) -> Adapter | None | Exception:
+    """The adapter an item runs with (None: standard mode), or its error when the adapter was
+    removed after the request was admitted."""
+    if item.adapter is None:
+        return None
+    if item.adapter in adapters:
+        return adapters[item.adapter]
+    return NotFound(f"adapter {item.adapter!r} was removed", "adapter_not_found")
 
 
 def _pooled(out: Any) -> torch.Tensor:
