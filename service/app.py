@@ -121,12 +121,15 @@ def create_app(settings: Settings, engine: Engine | None = None,
 
     for module in (classify, embeddings, chat, tasks, adapters, models, health, metrics):
         app.include_router(module.router)
+    from service.routes import playground
+
     if settings.playground:
         from service.playground import Playground
-        from service.routes import playground
 
         app.state.playground = Playground(settings, engine)
         app.include_router(playground.router)
+    else:
+        app.include_router(playground.off_router)
     app.add_middleware(RequestMiddleware, metrics=engine.metrics, max_body=settings.max_body_bytes)
     return app
 

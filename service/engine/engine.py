@@ -257,7 +257,8 @@ class Engine:
         goes on between steps; one attack per model at a time (429 ``attack_busy``)."""
         s = self.settings
         served = self.get(model, "classify")
-        name = self.mode(served, robust, adapter)
+        # the attacked mode is explicit: standard unless told (default_robust does not apply)
+        name = self.mode(served, None if adapter is not None else robust, adapter) if robust or adapter else None
         self._check_labels(labels, template)
         if len(labels) < 2:
             raise BadRequest("an attack needs at least two labels to move between", "too_few_labels")

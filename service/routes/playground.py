@@ -11,6 +11,7 @@ from service.routes.deps import json_response, require_admin_key, require_api_ke
 from service.schemas.playground import AttackRequest
 
 router = APIRouter(tags=["playground"])
+off_router = APIRouter(include_in_schema=False)  # mounted instead when the playground is off
 # the page may load and call nothing but this server (it works offline, and nothing leaks elsewhere)
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
        "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
@@ -55,3 +56,10 @@ async def attack(body: AttackRequest, request: Request) -> Response:
     result = await unless_disconnected(request, playground.attack(
         body.image, body.labels, body.eps, body.steps, body.template, body.model, body.adapter, body.target))
     return json_response(result)
+
+
+@off_router.api_route("/playground", methods=["GET", "HEAD", "POST"])
+@off_router.api_route("/playground/{rest:path}", methods=["GET", "HEAD", "POST"])
+async def off() -> Response:
+    raise NotFound("the playground is off on this server: start it with --playground (RADAPT_PLAYGROUND=true)",
+                   "playground_disabled")

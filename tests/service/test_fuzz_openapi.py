@@ -37,9 +37,9 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     save_adapter(white_adapter(rmodel, 0.5, 0.25), work / "adapters" / "a.safetensors")
     cmd = [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve", "--port", "{port}",
            "--device", "cpu", "--dtype", "float32", "--model", "builtin:tiny-clip", "--model", "builtin:tiny-llava",
-           "--adapter-dir", str(work / "adapters"), "--request-timeout-s", "10"]
+           "--adapter-dir", str(work / "adapters"), "--request-timeout-s", "10", "--playground"]
     env = {"RADAPT_MAX_NEW_TOKENS": "4", "RADAPT_MAX_NEW_TOKENS_LIMIT": "8", "RADAPT_MAX_LABELS": "16",
-           "RADAPT_MAX_INPUTS": "8"}
+           "RADAPT_MAX_INPUTS": "8", "RADAPT_ATTACKS_PER_MINUTE": "6000", "RADAPT_ATTACK_MAX_STEPS": "4"}
     with ServerProcess("fuzz", cmd, "/health/ready", Path(work) / "server.log", env=env) as server:
         yield server.url
 
