@@ -105,7 +105,8 @@ def stack(deploy, tmp_path_factory) -> Iterator[dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADAPT_") or k == deploy.ZOO_CACHE_VAR}
     env.update(HF_HUB_OFFLINE="1", RADAPT_MODELS="builtin:tiny-clip,builtin:tiny-llava", RADAPT_HOST="127.0.0.1",
                RADAPT_PORT=str(radapt_port), RADAPT_DEVICE="cpu", RADAPT_ADAPTER_DIR=str(adapter_dir),
-               RADAPT_ADAPTER_STORE=str(tmp / "store"), RADAPT_ADAPTER_SYNC_S="0.5")  # as deploy/k8s: a store
+               RADAPT_ADAPTER_STORE=str(tmp / "store"), RADAPT_ADAPTER_SYNC_S="0.5",  # as deploy/k8s: a store
+               RADAPT_PLAYGROUND="true")  # its attacks feed the attacks panel
     procs: list[Proc] = []
     try:
         # no flags, like the image (CMD []): everything from the environment
@@ -139,7 +140,7 @@ def counter(stack: dict, expr: str) -> float:
 @pytest.fixture(scope="module")
 def traffic(stack) -> dict:
     """Classify requests (standard and robust), an adapter hot-swap from the adapter directory and a
-    request that uses it, two captions, and one bad request; all after a first scrape."""
+    request that uses it, two captions, a playground attack and one bad request; all after a first scrape."""
     wait_for("the first scrape of radapt", lambda: query(stack, 'up{job="radapt"} == 1'), SCRAPE_TIMEOUT_S,
              stack["procs"])
     ok_expr = 'sum(radapt_requests_total{job="radapt", endpoint="/v1/classify", status="200"})'
@@ -159,6 +160,10 @@ def traffic(stack) -> dict:
         r = httpx.post(f"{stack['radapt']}/v1/caption", timeout=60, json={
             "model": "builtin:tiny-llava", "image": png_b64(colors[1]), "max_tokens": 4, "robust": robust})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4, r.text
+    r = httpx.post(f"{stack['radapt']}/playground/api/attack", timeout=60, json={
+        "model": "builtin:tiny-clip", "image": png_b64(colors[2]), "labels": ["red", "green", "blue"], "eps": 4,
+        "steps": 2})
+    assert r.status_code == 200 and r.json()["linf"] <= 4, r.text
     bad = httpx.post(f"{stack['radapt']}/v1/classify", json={"image": "not base64!", "labels": ["x"]}, timeout=60)
     assert 400 <= bad.status_code < 500
     return {"ok_expr": ok_expr, "before": before}
