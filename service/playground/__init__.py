@@ -36,7 +36,7 @@ FASHION_PREFIX = "builtin:fashion-clip"
 # against standard mode changes builtin:fashion-clip's answer while robust mode keeps the right one:
 # one per class that has such an image among the first 300 (Shirt has none). Chosen by
 # scripts/playground_samples.py, which also prints how often that happens overall.
-SAMPLE_INDICES = (9, 13, 14, 19, 28, 31, 65, 72)
+SAMPLE_INDICES = (9, 13, 14, 19, 28, 31, 65, 72, 114)
 GENERIC_LABELS = ("cat", "dog", "car", "airplane", "bird")
 DEFAULT_EPS, DEFAULT_STEPS = 8, 10
 BURST = 3  # attacks a client may start back to back before the per-minute rate applies

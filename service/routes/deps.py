@@ -57,10 +57,19 @@ def require_api_key(request: Request) -> None:
 
 def require_admin_key(request: Request) -> None:
     """Adapter management: the admin key when configured, else the api key when configured."""
+    _check_admin(request, "adapter management")
+
+
+def require_attack_key(request: Request) -> None:
+    """Playground attacks (expensive): the same key as adapter management."""
+    _check_admin(request, "playground attacks (they need the admin key)")
+
+
+def _check_admin(request: Request, what: str) -> None:
     s = settings_of(request)
     key = s.admin_key or s.api_key
     if key is not None:
-        _check(request, key.get_secret_value(), "adapter management")
+        _check(request, key.get_secret_value(), what)
 
 
 def json_response(body: Any, result: TaskResult | None = None, status: int = 200) -> Response:

@@ -7,7 +7,7 @@ from starlette.responses import FileResponse, Response
 
 from service.errors import NotFound
 from service.playground import STATIC, Playground
-from service.routes.deps import json_response, require_admin_key, require_api_key, unless_disconnected
+from service.routes.deps import json_response, require_api_key, require_attack_key, unless_disconnected
 from service.schemas.playground import AttackRequest
 
 router = APIRouter(tags=["playground"])
@@ -48,7 +48,7 @@ async def config(request: Request) -> Response:
     return json_response(playground_of(request).config())
 
 
-@router.post("/playground/api/attack", dependencies=[Depends(require_admin_key)])
+@router.post("/playground/api/attack", dependencies=[Depends(require_attack_key)])
 async def attack(body: AttackRequest, request: Request) -> Response:
     """PGD against one mode on the server, then both modes on the clean and the attacked image."""
     playground = playground_of(request)

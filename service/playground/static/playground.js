@@ -92,7 +92,7 @@ async function loadConfig() {
     state.config = data;
   } catch (err) {
     showError(err);
-    status("Enter the API key, then reload the page.");
+    status(err.status === 401 || err.status === 403 ? "Enter the API key to continue." : "The server did not answer.");
     return;
   }
   showError(null);

@@ -145,6 +145,7 @@ async def test_attacks_need_the_admin_key_when_one_is_set():
         assert (await c.post("/playground/api/attack", json=body(steps=1))).status_code == 401
         r = await c.post("/playground/api/attack", json=body(steps=1), headers={"authorization": "Bearer user"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "invalid_api_key"
+        assert "playground attacks" in r.json()["error"]["message"]
         r = await c.post("/playground/api/attack", json=body(steps=1), headers={"authorization": "Bearer admin"})
         assert r.status_code == 200
 

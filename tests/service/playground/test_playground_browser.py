@@ -89,6 +89,10 @@ def tab_to(page, predicate: str, limit: int = 40) -> None:
 
 
 def test_keyboard_only_classify_and_attack_offline(page):
+    # no key is configured: no key field; nothing attacked yet: no attack images
+    expect(page.locator("#key-row")).to_be_hidden()
+    expect(page.locator("#attack-images")).to_be_hidden()
+    expect(page.locator("#error")).to_be_hidden()
     tab_to(page, "el.name === 'sample'")
     page.keyboard.press("Space")  # the first sample: a Sneaker
     page.wait_for_selector("#standard-clean ol")
@@ -100,6 +104,7 @@ def test_keyboard_only_classify_and_attack_offline(page):
     tab_to(page, "el.id === 'attack'")
     page.keyboard.press("Enter")
     page.wait_for_selector("#robust-attacked .verdict")
+    expect(page.locator("#attack-images")).to_be_visible()
     assert page.locator("#standard-attacked").get_attribute("data-verdict") == "fooled"
     assert page.locator("#robust-attacked").get_attribute("data-verdict") == "held"
     status = page.locator("#status").text_content()
@@ -158,6 +163,31 @@ def test_upload_edit_labels_and_a_bad_file(page):
     page.wait_for_selector("#error", state="hidden")
     expect(page.locator("#standard-clean")).to_have_attribute("data-top", "Pullover")
     assert page.errors == [] or all("400" in e for e in page.errors)  # the browser logs the failed fetch
+
+
+def test_a_keyed_server_asks_for_the_key_and_attacks_need_the_admin_key(browser, tmp_path):
+    cmd = [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve", "--port", "{port}",
+           "--model", "builtin:fashion-clip", "--device", "cpu", "--dtype", "float32", "--playground"]
+    env = {"RADAPT_API_KEY": "user-key", "RADAPT_ADMIN_KEY": "admin-key"}
+    with ServerProcess("keyed", cmd, "/health/ready", tmp_path / "server.log", env=env) as srv:
+        page = browser.new_page()
+        page.goto(srv.url + "/playground")
+        key = page.get_by_label("API key")
+        expect(key).to_be_visible()
+        expect(page.locator("#status")).to_have_text("Enter the API key to continue.")
+        expect(page.get_by_role("alert")).to_contain_text("needs an API key")
+        key.fill("user-key")
+        key.press("Tab")  # the key is read on change; the page loads its config with it
+        page.get_by_role("radio", name="Sneaker").check()
+        expect(page.locator("#standard-clean")).to_have_attribute("data-top", "Sneaker")
+        page.get_by_role("button", name="Attack").click()
+        expect(page.get_by_role("alert")).to_contain_text("playground attacks (they need the admin key)")
+        key.fill("admin-key")
+        key.press("Tab")
+        page.get_by_role("button", name="Attack").click()
+        expect(page.locator("#robust-attacked")).to_have_attribute("data-verdict", "held")
+        expect(page.get_by_role("alert")).to_be_hidden()
+        page.close()
 
 
 def test_every_control_has_a_name_and_the_slider_works_by_keyboard(page):
