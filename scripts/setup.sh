@@ -10,8 +10,12 @@ python3 -m venv .venv
 # Playwright from the dev extra with this executable: no browser download)
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromium >/dev/null 2>&1 || missing+=("chromium fonts-liberation")
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}") \
-    >/dev/null 2>&1 || echo "setup: ${missing[*]} not installed; their integration tests will be skipped" >&2
+  apt-get update -qq >/dev/null 2>&1 || true
+  for pkg in "${missing[@]}"; do  # one at a time: one that fails does not take the other with it
+    # shellcheck disable=SC2086  # "$pkg" may name a package with the fonts it needs
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkg >/dev/null 2>&1 \
+      || echo "setup: $pkg not installed; its integration tests will be skipped" >&2
+  done
 fi
