@@ -69,14 +69,23 @@ def write(results: dict[str, Any], md_path: Path, json_path: Path, analysis: Pat
     md_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     text = render(results)
-    generation = json_path.with_name("generation.json")  # `radapt bench --generation` writes it
-    if generation.exists():
-        from bench.generation import render as render_generation
-
-        text += "\n" + render_generation(json.loads(generation.read_text()))
+    text += extra_sections(json_path.parent)
     if analysis is not None and analysis.exists():
         text += "\n" + analysis.read_text()
     md_path.write_text(text)
+
+
+def extra_sections(folder: Path) -> str:
+    """The sections of `radapt bench --generation` and `--playground`, from their JSON beside RESULTS.md."""
+    from bench.generation import render as render_generation
+    from bench.playground import render as render_playground
+
+    text = ""
+    for name, render_section in (("generation.json", render_generation), ("playground.json", render_playground)):
+        path = folder / name
+        if path.exists():
+            text += "\n" + render_section(json.loads(path.read_text()))
+    return text
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
     radapt bench                 # full run: ViT-B/32 (random weights), float32 and bfloat16, the peer
     radapt bench --quick         # under a minute: builtin:tiny-clip, float32, no peer
     radapt bench --generation    # continuous batching on tiny-llava and tiny-qwen2-vl (add --quick: tiny-llava)
+    radapt bench --playground    # classification beside attacks crafted on the server (add --quick: fashion-clip)
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny model, short points, no peer (under a minute)")
     p.add_argument("--generation", action="store_true",
                    help="the generation section instead: head-of-line, 16 vs 1 clients, robust cost, CPU per token")
+    p.add_argument("--playground", action="store_true",
+                   help="the playground section instead: classify throughput and latency alone and beside attacks")
     p.add_argument("--model", help="model to serve (default builtin:clip-vit-b32-random; quick: builtin:tiny-clip)")
     p.add_argument("--dtype", action="append", dest="dtypes", choices=["float32", "bfloat16", "float16"],
                    help="dtype to measure (repeatable; default float32 and bfloat16)")
@@ -45,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if args.generation:
         return run_generation(args, out)
+    if args.playground:
+        return run_playground(args, out)
     cfg = quick_config(out) if args.quick else BenchConfig()
     changes: dict[str, object] = {}
     for key in ("model", "device", "batch_size", "rounds"):
@@ -79,10 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_generation(args: argparse.Namespace, out: Path | None) -> int:
-    import json
     from dataclasses import replace
 
-    from bench import report
     from bench.generation import GenConfig, quick_config, run_generation_bench
     from bench.server import ServerError
 
@@ -106,18 +109,56 @@ def run_generation(args: argparse.Namespace, out: Path | None) -> int:
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    clip_json = cfg.results_json.with_name("results.json")
-    md = cfg.results_json.with_name("RESULTS.md")
-    if clip_json.exists():  # RESULTS.md carries both sections
-        analysis = clip_json.with_name("ANALYSIS.md")
-        report.write(json.loads(clip_json.read_text()), md, clip_json, analysis if analysis.exists() else None)
-    else:
-        from bench.generation import render
-
-        md.write_text("# R-Adapt Serve benchmark results\n\n" + render(results))
+    md = _rewrite_results_md(cfg.results_json)
     print(f"wrote {cfg.results_json} and {md}")
     for model, checks in results["targets"].items():
         missed = [k for k, t in checks.items() if not t["met"]]
         print(f"{model}: " + ", ".join(f"{k} {t['value']}" for k, t in checks.items())
               + f"; targets missed: {', '.join(missed) or 'none'}")
     return 0
+
+
+def run_playground(args: argparse.Namespace, out: Path | None) -> int:
+    from dataclasses import replace
+
+    from bench.playground import PlaygroundConfig, quick_config, run_playground_bench
+    from bench.server import ServerError
+
+    cfg = quick_config(out) if args.quick else PlaygroundConfig()
+    changes: dict[str, object] = {}
+    for key in ("model", "device", "rounds"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    if args.dtypes:
+        changes["dtype"] = args.dtypes[0]
+    if args.point_seconds is not None:
+        changes["point_s"] = args.point_seconds
+    if args.concurrencies:
+        changes["clients"] = args.concurrencies[0]
+    if out is not None and not args.quick:
+        changes["results_json"] = out / "playground.json"
+    cfg = replace(cfg, **changes)
+    try:
+        results = run_playground_bench(cfg)
+    except (ServerError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    md = _rewrite_results_md(cfg.results_json)
+    print(f"wrote {cfg.results_json} and {md}")
+    print(", ".join(f"{k} {v}" for k, v in results["ratios"].items()))
+    return 0
+
+
+def _rewrite_results_md(section_json: Path) -> Path:
+    """RESULTS.md beside a section's JSON: the CLIP run (when there is one) plus every section."""
+    import json
+
+    from bench import report
+
+    clip_json, md = section_json.with_name("results.json"), section_json.with_name("RESULTS.md")
+    if clip_json.exists():
+        analysis = clip_json.with_name("ANALYSIS.md")
+        report.write(json.loads(clip_json.read_text()), md, clip_json, analysis if analysis.exists() else None)
+    else:
+        md.write_text("# R-Adapt Serve benchmark results\n" + report.extra_sections(md.parent))
+    return md

@@ -85,3 +85,20 @@ def test_generation_section_end_to_end(tmp_path: Path) -> None:
     assert set(results["targets"]["builtin:tiny-llava"]) == {"head_of_line", "scaling_16_vs_1",
                                                              "robust_vs_standard", "mix_vs_standard"}
     assert "## Generation (continuous batching)" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_playground_section_end_to_end(tmp_path: Path) -> None:
+    """`radapt bench --playground --quick`: classification alone and beside attacks, every figure present and
+    sane, the Markdown section written."""
+    radapt = Path(sys.executable).parent / "radapt"
+    proc = subprocess.run([str(radapt), "bench", "--playground", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "playground.json").read_text())
+    for point in (*r["rounds"]["alone"], *r["rounds"]["under_attack"]):
+        assert point["errors"] == 0 and point["requests"] > 0 and point["p99_ms"] > 0
+    assert r["attacks"] >= 1 and r["attack_model_ms"] > 0 and r["step_model_ms"] > 0
+    assert set(r["ratios"]) == {"throughput_under_attack_vs_alone", "p50_under_attack_vs_alone",
+                                "p99_under_attack_vs_alone", "p99_vs_whole_attack"}
+    assert all(v > 0 for v in r["ratios"].values())
+    assert "## Playground attacks beside serving" in (tmp_path / "RESULTS.md").read_text()
