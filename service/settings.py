@@ -139,9 +139,9 @@ class Settings(BaseSettings):
                              "attacks crafted on the server)")
     attack_max_eps: int = Field(16, ge=1, le=64, description="largest L-inf budget an attack may ask for, in 1/255")
     attack_max_steps: int = Field(20, ge=1, le=200, description="most PGD steps an attack may ask for; each step is "
-                                  "one forward and backward, queued between serving batches")
+                                  "one forward and backward, queued behind serving work")
     attack_share: float = Field(0.25, gt=0.0, le=1.0, description="the most of a model's time attack steps take "
-                                "while serving requests wait (they run at once when nothing waits)")
+                                "while other requests for it are in flight (steps run back to back when none are)")
     attacks_per_minute: float = Field(12.0, gt=0.0, le=6000.0, description="attacks each client address may start "
                                       "per minute (token bucket, bursts of up to 3)")
     # remote images

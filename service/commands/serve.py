@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--playground", action=argparse.BooleanOptionalAction, default=None, help=_help("playground"))
     p.add_argument("--attack-max-eps", type=int, help=_help("attack_max_eps"))
     p.add_argument("--attack-max-steps", type=int, help=_help("attack_max_steps"))
+    p.add_argument("--attack-share", type=float, help=_help("attack_share"))
     p.add_argument("--torch-threads", type=int, help=_help("torch_threads"))
     p.add_argument("--switch-interval-ms", type=float, help=_help("switch_interval_ms"))
     p.set_defaults(func=run)
@@ -89,7 +90,8 @@ SETTING_FLAGS = ("models", "adapters", "adapter_dir", "adapter_store", "adapter_
                  "port", "device", "dtype", "max_batch_size", "max_wait_ms", "max_queue", "request_timeout_s",
                  "preprocess_workers", "allow_remote_images", "max_new_tokens", "max_running_requests",
                  "max_batch_tokens", "shutdown_grace_s", "allow_weight_mismatch", "torch_threads",
-                 "switch_interval_ms", "playground", "attack_max_eps", "attack_max_steps")
+                 "switch_interval_ms", "playground", "attack_max_eps", "attack_max_steps",
+                 "attack_share")
 
 
 def run(args: argparse.Namespace) -> int:

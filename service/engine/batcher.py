@@ -9,11 +9,6 @@ The loop takes the first waiting item, then whatever else is queued, then waits 
 gone, timed out) are skipped; items past their deadline get 504 without running. The forward runs
 in the model's own thread; if a whole batch raises, its items run again one by one so that only
 the item that fails gets the error, and the loop goes on.
-
-Attack steps (``WorkKind.GRADIENT``, the playground's PGD) wait in a queue of their own and join a
-batch one at a time: at once when nothing else waits, else once the serving work since the last
-step has had its share of the model's time (``background_share``: the most of it attacks take
-while requests wait). Serving goes first; an attack still advances under any load.
 """
 
 from __future__ import annotations
@@ -27,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from service.engine.work import Output, WorkItem, WorkKind
+from service.engine.work import Output, WorkItem
 from service.errors import InferenceFailed, NotReady, Overloaded, RequestTimeout, ServiceError
 from service.metrics import Metrics
 
@@ -49,11 +44,9 @@ BatchFn = Callable[[list[WorkItem], Mapping[str, Any]], list[Output | Exception]
 class Batcher:
     def __init__(self, model: str, run_batch: BatchFn, snapshot: Callable[[], Mapping[str, Any]],
                  metrics: Metrics, max_batch: int = 32, max_wait: float = 0.002, max_queue: int = 1024,
-                 timeout: float = 30.0, background_share: float = 0.25) -> None:
+                 timeout: float = 30.0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if not 0.0 < background_share <= 1.0:
-            raise ValueError(f"background_share must be in (0, 1], got {background_share}")
         if max_wait < 0 or timeout <= 0:
             raise ValueError("max_wait must be >= 0 and timeout > 0")
         self.model = model
@@ -64,9 +57,6 @@ class Batcher:
         self.max_queue = max_queue
         # the loop owns the queue; a deque (not asyncio.Queue) so admission can drop dead items
         self._items: deque[WorkItem] = deque()
-        self._background: deque[WorkItem] = deque()  # attack steps: after serving work, within their share
-        self.background_share = background_share
-        self._background_at = 0.0  # monotonic time from which the next step may go ahead of waiting work
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{model}")
         self._task: asyncio.Task | None = None
@@ -90,20 +80,18 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for item in [*self._items, *self._background]:
+        while self._items:
+            item = self._items.popleft()
             if not item.future.done():
                 item.future.set_exception(NotReady("server is shutting down"))
-        self._items.clear()
-        self._background.clear()
         self._executor.shutdown(wait=True)
 
     def abort_all(self, error: ServiceError) -> None:
         """Fail every queued item and the batch in the forward with ``error`` (end of a drain)."""
-        for item in [*self._items, *self._background, *self._running]:
+        for item in [*self._items, *self._running]:
             if not item.future.done():
                 item.future.set_exception(error)
         self._items.clear()
-        self._background.clear()
         self._depth.set(0)
 
     @property
@@ -118,7 +106,7 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return len(self._items) + len(self._background)
+        return len(self._items)
 
     # admission
     def submit(self, item: WorkItem) -> WorkItem:
@@ -136,9 +124,9 @@ class Batcher:
                 retry = max(1, round(self.max_wait + self.timeout / 10))
                 raise Overloaded(f"model {self.model} has {self.depth} items queued; retry later",
                                  headers={"Retry-After": str(retry)})
-        (self._background if item.kind == WorkKind.GRADIENT else self._items).append(item)
+        self._items.append(item)
         self._wakeup.set()
-        self._depth.set(self.depth)
+        self._depth.set(len(self._items))
         return item
 
     async def wait(self, item: WorkItem) -> Done:
@@ -155,9 +143,8 @@ class Batcher:
 
     # the loop
     async def _collect(self) -> list[WorkItem]:
-        """Up to max_batch live items: what is queued now, then what arrives within max_wait; plus at
-        most one attack step (``_next_background``)."""
-        while not self._items and not self._background:
+        """Up to max_batch live items: what is queued now, then what arrives within max_wait."""
+        while not self._items:
             self._wakeup.clear()
             await self._wakeup.wait()
         batch: list[WorkItem] = []
@@ -176,20 +163,8 @@ class Batcher:
                 await asyncio.wait_for(self._wakeup.wait(), left)
             except asyncio.TimeoutError:
                 break
-        step = self._next_background(serving=bool(batch))
-        if step is not None:
-            batch.append(step)
-        self._depth.set(self.depth)
+        self._depth.set(len(self._items))
         return batch
-
-    def _next_background(self, serving: bool) -> WorkItem | None:
-        """The next live attack step, if it may run now: always when no serving work is in the batch,
-        else once the time since the last step has given serving its share."""
-        while self._background and self._background[0].future.done():
-            self._background.popleft()
-        if not self._background or (serving and time.monotonic() < self._background_at):
-            return None
-        return self._background.popleft()
 
     def _live(self, batch: list[WorkItem]) -> list[WorkItem]:
         now = time.monotonic()
@@ -230,10 +205,6 @@ class Batcher:
         finally:
             self.busy_since, self._running = None, []
         elapsed = time.monotonic() - start
-        if any(item.kind == WorkKind.GRADIENT for item in batch):
-            # serving gets (1 - share) / share of this batch's time before the next step may cut in
-            share = self.background_share
-            self._background_at = time.monotonic() + elapsed * (1.0 - share) / share
         self._infer_hist.observe(elapsed)
         self._batch_hist.observe(len(batch))
         for item, result in zip(batch, results, strict=True):

@@ -253,8 +253,9 @@ class Engine:
         model's input size, ``eps`` in 1/255 (whole 8-bit levels, so the attacked image is an image
         again), Madry's step size, no random start (the same inputs give the same image). Standard
         mode is attacked unless ``robust``/``adapter`` say otherwise (then the gradient runs through
-        R-Adapt: an adaptive attack). Each step is one work item of the model's batcher, so serving
-        goes on between steps; one attack per model at a time (429 ``attack_busy``)."""
+        R-Adapt: an adaptive attack). Each step is one work item of the model's batcher; while other
+        requests for the model are in flight, the next step waits until they have had their share of
+        the model's time (``attack_share``); one attack per model at a time (429 ``attack_busy``)."""
         s = self.settings
         served = self.get(model, "classify")
         # the attacked mode is explicit: standard unless told (default_robust does not apply)
@@ -279,9 +280,18 @@ class Engine:
                 (img,) = await self._images(deadline, [image], self.limits)
                 x = await self.in_pool(deadline, served.runner.prepare_attack, img)
                 x_adv, target, before, uid, model_time = x, None, (), None, 0.0
+                last = 0.0
                 for _ in range(steps):
+                    # serving first: while other requests for this model are in flight (decoding, queued or
+                    # running), the next step waits until they have had (1 - share) / share of the last step's time
+                    pause = attack_pause(self._in_flight[served.name] - 1, last, s.attack_share)
+                    if pause > 0:
+                        if time.monotonic() + pause > deadline:
+                            raise RequestTimeout("request deadline passed while the attack waited behind serving")
+                        await asyncio.sleep(pause)
                     item = WorkItem(WorkKind.GRADIENT, ClipGradient(x_adv, prompts, target), name)
                     (done,) = await self._run(served, [item], deadline)
+                    last = done.inference_time
                     if target is None:
                         target, before = done.value.target, done.value.probs
                     uid, model_time = done.adapter_id, model_time + done.inference_time
@@ -428,6 +438,12 @@ class AttackOutcome:
     eps: int
     steps: int
     clean: dict[str, float]
+
+
+def attack_pause(others: int, last_step_s: float, share: float) -> float:
+    """Seconds an attack waits before its next step: none while no other request is in flight for
+    the model, else enough for serving to get ``1 - share`` of the model's time."""
+    return last_step_s * (1.0 - share) / share if others > 0 else 0.0
 
 
 def _uint8(pixels: Any) -> np.ndarray:

@@ -61,7 +61,7 @@ def load_served(name: str, settings: Settings, metrics: Metrics, loader: Callabl
 
         runner: Any = ClipRunner(loaded, rmodel, s.label_cache_size)
         worker = Batcher(name, runner.run_batch, store.snapshot, metrics, s.max_batch_size, s.max_wait_ms / 1000.0,
-                         s.max_queue, s.request_timeout_s, s.attack_share)
+                         s.max_queue, s.request_timeout_s)
     else:
         from service.runners.vlm import VlmRunner
 

@@ -4,7 +4,7 @@ robust predictions side by side and attacks an image on the server.
 The page is static HTML/CSS/JS in ``static/`` (nothing from another host; the route sends a CSP
 that forbids it). It classifies through the public ``POST /v1/classify`` and attacks through
 ``POST /playground/api/attack``, which this module composes from engine calls: ``Engine.attack``
-(PGD against one mode, each step queued between serving batches) and four ``Engine.classify``
+(PGD against one mode, each step queued behind serving work) and four ``Engine.classify``
 calls (both modes, clean and attacked). Attacks are bounded by the settings (``attack_max_eps``,
 ``attack_max_steps``), one per model at a time, and rate-limited per client address here.
 """

@@ -6,7 +6,7 @@ every image of the batch -- classify or embed, robust or standard, any adapter -
 vision forward with R-Adapt applied per sample; every text (text embeddings and label prompts the
 LRU does not hold yet) through one text forward. Attack steps (``GRADIENT`` items: the engine's
 ``attack``) get one forward and backward of their own in the same call, so an attack advances one
-step per batch and serving goes on between its steps.
+step per batch, paced by the engine so serving goes first (``attack_share``).
 """
 
 from __future__ import annotations

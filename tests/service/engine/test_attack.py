@@ -140,3 +140,30 @@ async def test_an_attack_past_its_deadline_gets_504_and_the_engine_serves_on():
         assert (await engine.classify(png(sample(31)[0]), LABELS)).value[0][0] == "Bag"
         counted = engine.metrics.attacks.labels(model=MODEL, result="error")._value.get()
         assert counted == 1
+
+
+def test_attack_pause_gives_serving_its_share():
+    from service.engine.engine import attack_pause
+
+    assert attack_pause(0, 0.1, 0.25) == 0.0  # nothing else in flight: back to back
+    assert attack_pause(3, 0.1, 0.25) == pytest.approx(0.3)  # serving gets 3x the step's time
+    assert attack_pause(1, 0.1, 1.0) == 0.0 and attack_pause(1, 0.0, 0.25) == 0.0
+
+
+async def test_an_attack_beside_other_requests_is_paced_and_alone_is_not():
+    """Model time per step is the same either way; wall time per step grows only when others are in flight."""
+    settings = load_settings(models=[MODEL], device="cpu", dtype="float32", attack_max_steps=50, warmup=False,
+                             attack_share=0.1)
+    async with Engine(settings) as engine:
+        pixels = png(sample(9)[0])
+        alone = await engine.attack(pixels, LABELS, eps=8, steps=20)
+        served = engine.models[MODEL]
+        engine._admit(served)  # another request in flight for the model for the whole attack
+        try:
+            paced = await engine.attack(pixels, LABELS, eps=8, steps=20)
+        finally:
+            engine._release(served)
+        # share 0.1: 9x each step's model time waited between steps, so the queue time dwarfs the model time
+        assert paced.queue_time > 5 * paced.inference_time
+        assert alone.queue_time < 5 * alone.inference_time
+        np.testing.assert_array_equal(alone.value.attacked, paced.value.attacked)

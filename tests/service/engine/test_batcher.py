@@ -9,7 +9,7 @@ import time
 import pytest
 
 from service.engine.batcher import Batcher
-from service.engine.work import Output, WorkItem, WorkKind
+from service.engine.work import Output, WorkItem
 from service.errors import InferenceFailed, NotFound, Overloaded, RequestTimeout
 from service.metrics import Metrics
 
@@ -144,47 +144,3 @@ async def test_settings_are_validated_and_stop_fails_pending():
     await b.stop()
     assert pending.future.done()
     assert not b.alive and b.wedged(1.0)
-
-
-class SlowSteps(FakeRunner):
-    """Attack steps (GRADIENT items) take 100 ms in the model thread; serving items take none."""
-
-    def run_batch(self, items, snapshot):
-        if any(i.kind == WorkKind.GRADIENT for i in items):
-            time.sleep(0.1)
-        return super().run_batch(items, snapshot)
-
-
-@pytest.mark.parametrize("share, expected", [
-    # serving first: after a 100 ms step, waiting serving work gets 300 ms before the next step may cut in
-    (0.25, [["g1"], ["f0", "f1", "f2", "f3"], ["g2"]]),
-    # share 1: the next step joins the very next batch
-    (1.0, [["g1"], ["f0", "f1", "f2", "f3", "g2"]]),
-])
-async def test_attack_steps_wait_their_turn_behind_serving_work(share, expected):
-    runner = SlowSteps()
-    b = make(runner, max_batch=8, max_wait=0.0, background_share=share)
-    b.start()
-    await b.wait(b.submit(WorkItem(WorkKind.GRADIENT, "g1")))
-    items = [b.submit(WorkItem(WorkKind.IMAGE, f"f{i}")) for i in range(4)]
-    items.append(b.submit(WorkItem(WorkKind.GRADIENT, "g2")))
-    await asyncio.gather(*(b.wait(i) for i in items))
-    assert runner.batches == expected
-    await b.stop()
-
-
-async def test_an_attack_step_alone_runs_at_once_and_counts_in_the_depth():
-    runner = SlowSteps()
-    runner.gate.clear()
-    b = make(runner)
-    b.start()
-    first = b.submit(WorkItem(WorkKind.IMAGE, "f"))
-    await asyncio.to_thread(runner.started.wait, 5)
-    step = b.submit(WorkItem(WorkKind.GRADIENT, "g"))
-    assert b.depth == 1
-    runner.gate.set()
-    await b.wait(first)
-    assert (await b.wait(step)).value == "gg" and runner.batches == [["f"], ["g"]]
-    with pytest.raises(ValueError):
-        make(runner, background_share=0.0)
-    await b.stop()
