@@ -300,7 +300,8 @@ class Engine:
         finally:
             self._attacking.discard(served.name)
             self.metrics.attacks.labels(model=served.name, result=result).inc()
-        outcome = AttackOutcome(_uint8(x), _uint8(x_adv), labels[target], eps, steps, dict(zip(labels, before)))
+        clean = dict(zip(labels, before, strict=True))
+        outcome = AttackOutcome(_uint8(x), _uint8(x_adv), labels[target], eps, steps, clean)
         return TaskResult(served.name, name is not None, name, uid, outcome,
                           max(0.0, time.monotonic() - start - model_time), model_time)
 

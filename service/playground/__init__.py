@@ -123,7 +123,8 @@ class Playground:
         wait = self.limiter.take(client)
         if wait > 0:
             raise Overloaded(f"attack rate limit: {self.settings.attacks_per_minute:g} a minute per client; "
-                             f"retry in {wait:.0f} s", "rate_limited", headers={"Retry-After": f"{max(1, round(wait))}"})
+                             f"retry in {wait:.0f} s", "rate_limited",
+                             headers={"Retry-After": f"{max(1, round(wait))}"})
 
     async def attack(self, image: ImageInput, labels: list[str], eps: int, steps: int, template: str | None,
                      model: str | None, adapter: str | None, target: str) -> dict[str, Any]:
