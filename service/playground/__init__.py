@@ -27,7 +27,7 @@ from PIL import Image
 from service.adapters_manager import DEFAULT
 from service.engine.engine import AttackOutcome, Engine
 from service.engine.tasks import ImageInput, TaskResult
-from service.errors import Overloaded
+from service.errors import NotReady, Overloaded
 from service.settings import DEFAULT_TEMPLATE, Settings
 
 STATIC = Path(__file__).with_name("static")
@@ -98,7 +98,10 @@ class Playground:
         self.limiter = RateLimiter(settings.attacks_per_minute)
 
     def config(self) -> dict[str, Any]:
-        """What the page needs: models that classify, their adapters, defaults, limits, samples."""
+        """What the page needs: models that classify, their adapters, defaults, limits, samples
+        (503 while the models are still loading: the page retries)."""
+        if not self.engine.ready:
+            raise NotReady("models are still loading; retry shortly", headers={"Retry-After": "2"})
         s, models = self.settings, [m for m in self.engine.models.values() if "classify" in m.tasks]
         fashion = next((m.name for m in models if m.name.startswith(FASHION_PREFIX)), None)
         samples = [vars(x) | {"model": fashion} for x in fashion_samples()] if fashion else []

@@ -91,6 +91,11 @@ async function loadConfig() {
     const { data } = await call("GET", "/playground/api/config");
     state.config = data;
   } catch (err) {
+    if (err.status === 503) {  // still loading its models: try again shortly
+      status("The server is still loading its models…");
+      setTimeout(loadConfig, 2000);
+      return;
+    }
     showError(err);
     status(err.status === 401 || err.status === 403 ? "Enter the API key to continue." : "The server did not answer.");
     return;

@@ -168,3 +168,14 @@ def test_rate_limiter_refills_and_forgets_old_clients():
     assert limiter.take("a", now=10.0) == 0.0
     assert limiter.take("b", now=10.0) == 0.0 and limiter.take("c", now=10.0) == 0.0
     assert "a" not in limiter._buckets and len(limiter._buckets) == 2
+
+
+async def test_config_says_503_while_the_models_load():
+    settings = load_settings(models=[MODEL], device="cpu", dtype="float32", playground=True)
+    engine = Engine(settings)  # not started: still "created"
+    app = create_app(settings, engine)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        r = await c.get("/playground/api/config")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready" and r.headers["retry-after"] == "2"
+        assert (await c.get("/playground")).status_code == 200  # the page itself loads and retries
+    await engine.stop()

@@ -190,6 +190,31 @@ def test_a_keyed_server_asks_for_the_key_and_attacks_need_the_admin_key(browser,
         page.close()
 
 
+def test_a_page_opened_while_models_load_waits_and_then_works(browser, server):
+    """The first config answer is the server's 503 not_ready (as while loading): the page says so and retries."""
+    page = browser.new_page()
+    answered: list[int] = []
+
+    def config(route):
+        if not answered:
+            answered.append(503)
+            route.fulfill(status=503, content_type="application/json", headers={"retry-after": "2"},
+                          body='{"error": {"message": "models are still loading; retry shortly", '
+                               '"type": "server_error", "code": "not_ready"}}')
+        else:
+            answered.append(200)
+            route.continue_()
+
+    page.route("**/playground/api/config", config)
+    page.goto(server + "/playground")
+    expect(page.locator("#status")).to_have_text("The server is still loading its models…")
+    expect(page.locator("#error")).to_be_hidden()
+    page.get_by_role("radio", name="Coat").check(timeout=10000)
+    expect(page.locator("#standard-clean")).to_have_attribute("data-top", "Coat")
+    assert answered == [503, 200]
+    page.close()
+
+
 def test_every_control_has_a_name_and_the_slider_works_by_keyboard(page):
     unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
         .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
