@@ -258,8 +258,9 @@ class Engine:
         the model's time (``attack_share``); one attack per model at a time (429 ``attack_busy``)."""
         s = self.settings
         served = self.get(model, "classify")
-        # the attacked mode is explicit: standard unless told (default_robust does not apply)
-        name = self.mode(served, None if adapter is not None else robust, adapter) if robust or adapter else None
+        name = None  # the attacked mode is explicit: standard unless told (default_robust does not apply)
+        if robust or adapter is not None:
+            name = self.mode(served, None if adapter is not None else True, adapter)
         self._check_labels(labels, template)
         if len(labels) < 2:
             raise BadRequest("an attack needs at least two labels to move between", "too_few_labels")
@@ -279,8 +280,7 @@ class Engine:
             with self._admitted(served) as deadline:
                 (img,) = await self._images(deadline, [image], self.limits)
                 x = await self.in_pool(deadline, served.runner.prepare_attack, img)
-                x_adv, target, before, uid, model_time = x, None, (), None, 0.0
-                last = 0.0
+                x_adv, target, before, uid, model_time, last = x, None, (), None, 0.0, 0.0
                 for _ in range(steps):
                     # serving first: while other requests for this model are in flight (decoding, queued or
                     # running), the next step waits until they have had (1 - share) / share of the last step's time
@@ -291,10 +291,10 @@ class Engine:
                         await asyncio.sleep(pause)
                     item = WorkItem(WorkKind.GRADIENT, ClipGradient(x_adv, prompts, target), name)
                     (done,) = await self._run(served, [item], deadline)
-                    last = done.inference_time
                     if target is None:
                         target, before = done.value.target, done.value.probs
-                    uid, model_time = done.adapter_id, model_time + done.inference_time
+                    uid, last = done.adapter_id, done.inference_time
+                    model_time += last
                     x_adv = pgd_step(x_adv, done.value.grad, x, eps, madry_step(eps, steps))
             result = "ok"
         finally:
