@@ -297,6 +297,9 @@ class Engine:
                     model_time += last
                     x_adv = pgd_step(x_adv, done.value.grad, x, eps, madry_step(eps, steps))
             result = "ok"
+        except asyncio.CancelledError:  # the client went away
+            result = "cancelled"
+            raise
         finally:
             self._attacking.discard(served.name)
             self.metrics.attacks.labels(model=served.name, result=result).inc()

@@ -167,3 +167,18 @@ async def test_an_attack_beside_other_requests_is_paced_and_alone_is_not():
         assert paced.queue_time > 5 * paced.inference_time
         assert alone.queue_time < 5 * alone.inference_time
         np.testing.assert_array_equal(alone.value.attacked, paced.value.attacked)
+
+
+async def test_a_cancelled_attack_frees_the_model_at_once(engine):
+    """A client that goes away cancels the attack: its queued step never runs and the next attack may start."""
+    pixels = png(sample(65)[0])
+    running = asyncio.ensure_future(engine.attack(pixels, LABELS, eps=8, steps=200))
+    await asyncio.sleep(0.1)
+    assert MODEL in engine._attacking
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert not engine._attacking and not any(engine._in_flight.values())
+    assert engine.metrics.attacks.labels(model=MODEL, result="cancelled")._value.get() == 1
+    done = await engine.attack(pixels, LABELS, eps=8, steps=2)
+    assert done.value.eps == 8
