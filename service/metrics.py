@@ -62,8 +62,8 @@ class Metrics:
                                            ["result"], registry=r)
         self.adapter_store_refused = Gauge("radapt_adapter_store_refused", "adapters in the store this replica "
                                            "refuses (corrupt, unreadable or not fitting its model)", registry=r)
-        self.attacks = Counter("radapt_attacks", "attacks crafted on the server (playground), by result: ok, error, cancelled",
-                               ["model", "result"], registry=r)
+        self.attacks = Counter("radapt_attacks", "attacks crafted on the server (playground), by result: ok, "
+                               "error, cancelled", ["model", "result"], registry=r)
         self.errors = Counter("radapt_errors", "errors answered, by reason", ["reason"], registry=r)
 
     def count_error(self, reason: str) -> None:
