@@ -31,8 +31,12 @@ HELD_RGB, FOOLED_RGB = (21, 128, 61), (185, 28, 28)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("playground")
+    from adapters.zoo.fashion import WEIGHTS
+
+    rplus = WEIGHTS / "fashion-clip-rplus.adapter.safetensors"
     cmd = [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve", "--port", "{port}",
-           "--model", "builtin:fashion-clip", "--device", "cpu", "--dtype", "float32", "--playground"]
+           "--model", "builtin:fashion-clip", "--device", "cpu", "--dtype", "float32", "--playground",
+           "--adapter", f"rplus={rplus}"]
     with ServerProcess("playground", cmd, "/health/ready", work / "server.log",
                        env={"RADAPT_ATTACKS_PER_MINUTE": "600"}) as srv:
         yield srv.url
@@ -138,6 +142,21 @@ def test_screenshots_show_standard_breaking_and_robust_holding(page, tmp_path):
     assert original.shape == attacked.shape and np.abs(original - attacked).mean() > 1
     assert noise.std() > 40
     assert "×15.88 (max 8/255)" in page.locator("#perturbation-caption").text_content()
+
+
+def test_the_robust_adapter_can_be_picked_and_the_page_says_which_ran(page):
+    page.get_by_role("radio", name="Trouser").check()
+    expect(page.locator("#robust-adapter")).to_contain_text("(adapter default, id ")
+    default_id = page.locator("#robust-adapter").get_attribute("data-adapter-id")
+    assert page.get_by_label("Robust adapter").locator("option").all_text_contents() == ["default", "rplus"]
+    page.get_by_label("Robust adapter").select_option("rplus")
+    page.get_by_role("button", name="Classify").click()
+    expect(page.locator("#robust-adapter")).to_contain_text("(adapter rplus, id ")
+    rplus_id = page.locator("#robust-adapter").get_attribute("data-adapter-id")
+    assert len(rplus_id) == len(default_id) == 32 and rplus_id != default_id
+    page.get_by_role("button", name="Attack").click()
+    expect(page.locator("#robust-attacked .verdict")).to_be_visible()
+    assert page.locator("#robust-adapter").get_attribute("data-adapter-id") == rplus_id  # the attack's answer
 
 
 def test_upload_edit_labels_and_a_bad_file(page):
