@@ -159,6 +159,18 @@ def test_the_robust_adapter_can_be_picked_and_the_page_says_which_ran(page):
     assert page.locator("#robust-adapter").get_attribute("data-adapter-id") == rplus_id  # the attack's answer
 
 
+def test_on_a_phone_sized_screen_the_bars_still_show(page):
+    page.set_viewport_size({"width": 400, "height": 800})
+    page.get_by_role("radio", name="Bag").check()
+    expect(page.locator("#robust-clean")).to_have_attribute("data-top", "Bag")
+    for cell in ("#standard-clean", "#robust-clean"):
+        track = page.locator(f"{cell} [role=meter]").first.bounding_box()
+        fill = page.locator(f"{cell} .fill").first.bounding_box()
+        assert track["width"] >= 40 and fill["width"] > 0.5 * track["width"]  # the top score is over 50%
+    grid = page.locator("#results").bounding_box()
+    assert grid["x"] >= 0 and grid["x"] + grid["width"] <= 400  # nothing runs off the screen
+
+
 def test_upload_edit_labels_and_a_bad_file(page):
     from adapters.zoo.fashion_data import TEST_SLICE
 
