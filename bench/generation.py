@@ -19,13 +19,13 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench import machine, promscrape
+from bench import machine, promscrape, report
 from bench.images import data_uri, make_images
 from bench.loadgen import Request, run_load
 from bench.server import ServerProcess
@@ -180,7 +180,7 @@ def serve_command(cfg: GenConfig) -> list[str]:
 def run_generation_bench(cfg: GenConfig) -> dict[str, Any]:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     images = [data_uri(b) for b in make_images(8)]
-    results: dict[str, Any] = {"meta": machine.describe(), "config": _config_dict(cfg), "models": {}}
+    results: dict[str, Any] = {"meta": machine.describe(), "config": report.config_dict(cfg), "models": {}}
     with ServerProcess("radapt serve (generation)", serve_command(cfg), "/health/ready",
                        cfg.out_dir / "serve.log", env={"HF_HUB_OFFLINE": "1"}) as srv:
         results["startup_s"] = round(srv.startup_s, 2)
@@ -228,6 +228,3 @@ def render(results: dict[str, Any]) -> str:
               + ", ".join(busy) + "."]
     return "\n".join(lines) + "\n"
 
-
-def _config_dict(cfg: GenConfig) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}

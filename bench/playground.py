@@ -19,13 +19,13 @@ import logging
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench import machine
+from bench import machine, report
 from bench.images import data_uri, make_images
 from bench.loadgen import Request, run_load
 from bench.server import ServerProcess
@@ -123,7 +123,7 @@ def _figures(alone: list[dict[str, Any]], attacked: list[dict[str, Any]], attack
 
 def run_playground_bench(cfg: PlaygroundConfig) -> dict[str, Any]:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"meta": machine.describe(), "config": _config_dict(cfg)}
+    results: dict[str, Any] = {"meta": machine.describe(), "config": report.config_dict(cfg)}
     with ServerProcess("radapt serve (playground)", serve_command(cfg), "/health/ready", cfg.out_dir / "serve.log",
                        env={"HF_HUB_OFFLINE": "1", "RADAPT_ATTACKS_PER_MINUTE": "6000"}) as srv:
         results["startup_s"] = round(srv.startup_s, 2)
@@ -154,6 +154,3 @@ def render(results: dict[str, Any]) -> str:
         f"would hold a queued classification for its whole model time: p99 under attack / that = "
         f"{r['p99_vs_whole_attack']} (below 1: none waited for a whole attack).", ""])
 
-
-def _config_dict(cfg: PlaygroundConfig) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}

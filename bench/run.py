@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     images = make_images(cfg.images)
     uris = [data_uri(b) for b in images]
     files = write_adapter_files(cfg.model, cfg.out_dir / "adapters", max(cfg.memory_adapters, 4))
-    results: dict[str, Any] = {"meta": meta, "config": _config_dict(cfg), "runs": {}}
+    results: dict[str, Any] = {"meta": meta, "config": report.config_dict(cfg), "runs": {}}
     for dtype in cfg.dtypes:
         log.info("serving and limit: %s", dtype)
         results["runs"][dtype] = asyncio.run(measure_ours(cfg, dtype, images, files))
@@ -150,11 +150,4 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     report.write(results, cfg.results_md, cfg.results_json, cfg.analysis)
     return results
 
-
-def _config_dict(cfg: BenchConfig) -> dict[str, Any]:
-    d = asdict(cfg)
-    for k, v in d.items():
-        if isinstance(v, Path):
-            d[k] = str(v)
-    return d
 

@@ -90,19 +90,9 @@ def run_generation(args: argparse.Namespace, out: Path | None) -> int:
     from bench.server import ServerError
 
     cfg = quick_config(out) if args.quick else GenConfig()
-    changes: dict[str, object] = {}
+    changes = _section_changes(args, out, "generation.json")
     if args.model:
         changes["models"] = (args.model,)
-    if args.device:
-        changes["device"] = args.device
-    if args.dtypes:
-        changes["dtype"] = args.dtypes[0]
-    if args.point_seconds is not None:
-        changes["point_s"] = args.point_seconds
-    if args.rounds is not None:
-        changes["rounds"] = args.rounds
-    if out is not None and not args.quick:
-        changes["results_json"] = out / "generation.json"
     cfg = replace(cfg, **changes)
     try:
         results = run_generation_bench(cfg)
@@ -125,18 +115,11 @@ def run_playground(args: argparse.Namespace, out: Path | None) -> int:
     from bench.server import ServerError
 
     cfg = quick_config(out) if args.quick else PlaygroundConfig()
-    changes: dict[str, object] = {}
-    for key in ("model", "device", "rounds"):
-        if getattr(args, key) is not None:
-            changes[key] = getattr(args, key)
-    if args.dtypes:
-        changes["dtype"] = args.dtypes[0]
-    if args.point_seconds is not None:
-        changes["point_s"] = args.point_seconds
+    changes = _section_changes(args, out, "playground.json")
+    if args.model:
+        changes["model"] = args.model
     if args.concurrencies:
         changes["clients"] = args.concurrencies[0]
-    if out is not None and not args.quick:
-        changes["results_json"] = out / "playground.json"
     cfg = replace(cfg, **changes)
     try:
         results = run_playground_bench(cfg)
@@ -147,6 +130,22 @@ def run_playground(args: argparse.Namespace, out: Path | None) -> int:
     print(f"wrote {cfg.results_json} and {md}")
     print(", ".join(f"{k} {v}" for k, v in results["ratios"].items()))
     return 0
+
+
+def _section_changes(args: argparse.Namespace, out: Path | None, json_name: str) -> dict[str, object]:
+    """The flags the --generation and --playground sections share, as config changes (one dtype each)."""
+    changes: dict[str, object] = {}
+    if args.device:
+        changes["device"] = args.device
+    if args.dtypes:
+        changes["dtype"] = args.dtypes[0]
+    if args.point_seconds is not None:
+        changes["point_s"] = args.point_seconds
+    if args.rounds is not None:
+        changes["rounds"] = args.rounds
+    if out is not None and not args.quick:
+        changes["results_json"] = out / json_name
+    return changes
 
 
 def _rewrite_results_md(section_json: Path) -> Path:

@@ -281,6 +281,7 @@ class Engine:
                 (img,) = await self._images(deadline, [image], self.limits)
                 x = await self.in_pool(deadline, served.runner.prepare_attack, img)
                 x_adv, target, before, uid, model_time, last = x, None, (), None, 0.0, 0.0
+                step = madry_step(eps, steps)
                 for _ in range(steps):
                     # serving first: while other requests for this model are in flight (decoding, queued or
                     # running), the next step waits until they have had (1 - share) / share of the last step's time
@@ -295,7 +296,7 @@ class Engine:
                         target, before = done.value.target, done.value.probs
                     uid, last = done.adapter_id, done.inference_time
                     model_time += last
-                    x_adv = pgd_step(x_adv, done.value.grad, x, eps, madry_step(eps, steps))
+                    x_adv = pgd_step(x_adv, done.value.grad, x, eps, step)
             result = "ok"
         except asyncio.CancelledError:  # the client went away
             result = "cancelled"

@@ -103,6 +103,10 @@ class ClipRunner:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.cache = LabelCache(label_cache_size)
         self.logit_scale = float(self.model.logit_scale.detach().float().exp())
+        # the processor's normalisation, for attacks (they work on pixels in [0, 1]): [1, 3, 1, 1]
+        self.pixel_mean = torch.tensor(rmodel.family.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.pixel_std = torch.tensor(rmodel.family.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._device_norm = (self.pixel_mean.to(self.device), self.pixel_std.to(self.device))
 
     # CPU side (worker pool)
     def prepare_image(self, image: Image.Image, labels: Sequence[str] = (), template: str = "{}",
@@ -113,9 +117,7 @@ class ClipRunner:
     def prepare_attack(self, image: Image.Image) -> torch.Tensor:
         """The image as the model sees it, in [0, 1] (``[3, H, W]``): preprocessing undone after the
         resize and crop, so an attack perturbs the very pixels the encoder gets."""
-        mean = torch.tensor(self.rmodel.family.image_mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.rmodel.family.image_std, dtype=torch.float32).view(3, 1, 1)
-        pixels = self.preprocess(image) * std + mean
+        pixels = self.preprocess(image) * self.pixel_std[0] + self.pixel_mean[0]
         return (pixels.clamp(0.0, 1.0) * 255.0).round() / 255.0  # whole 8-bit levels: an image again
 
     def prepare_text(self, text: str) -> ClipText:
@@ -129,15 +131,16 @@ class ClipRunner:
 
     # model thread
     def run_batch(self, items: list[WorkItem], adapters: Mapping[str, Adapter]) -> list[Output | Exception]:
-        results: list[Any] = [None] * len(items)
         attack = [i for i, item in enumerate(items) if item.kind == GRADIENT]
-        if len(attack) < len(items):
-            rest = [i for i in range(len(items)) if items[i].kind != GRADIENT]
+        if not attack:  # serving's path: nothing else to do
+            return self._infer(items, adapters)
+        results: list[Any] = [None] * len(items)
+        rest = [i for i in range(len(items)) if items[i].kind != GRADIENT]
+        if rest:
             for i, out in zip(rest, self._infer([items[i] for i in rest], adapters), strict=True):
                 results[i] = out
-        if attack:
-            for i, out in zip(attack, self._gradients([items[i] for i in attack], adapters), strict=True):
-                results[i] = out
+        for i, out in zip(attack, self._gradients([items[i] for i in attack], adapters), strict=True):
+            results[i] = out
         return results
 
     @torch.inference_mode()
@@ -197,8 +200,7 @@ class ClipRunner:
         # the label embeddings are constants of the loss; clones outside inference mode can enter autograd
         texts = [torch.stack([known[p] for p in pl.prompts]).clone() for pl in payloads]
         x = torch.stack([pl.pixels for pl in payloads]).to(self.device, torch.float32).requires_grad_(True)
-        mean = torch.tensor(self.rmodel.family.image_mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.rmodel.family.image_std, device=self.device).view(1, 3, 1, 1)
+        mean, std = self._device_norm
         with torch.enable_grad():
             try:
                 with self.rmodel.control(samples):
