@@ -21,9 +21,9 @@ class Limit:
 
     def __init__(self, model_name: str, dtype: str, batch_size: int, images: list[bytes],
                  device: str = "cpu") -> None:
-        from adapters.acquire import white_adapter
-        from adapters.loading import load_model
-        from adapters.model import RAdaptModel
+        from adapters.method.acquire import white_adapter
+        from adapters.method.model import RAdaptModel
+        from adapters.zoo.loading import load_model
 
         loaded = load_model(model_name, device=device, dtype=dtype)
         self.device = loaded.device

@@ -262,8 +262,8 @@ def still_serves(url: str, cfg: SoakConfig) -> bool:
 def write_adapters(folder: Path, cfg: SoakConfig) -> None:
     """Two white adapters of the CLIP model (different sigma/alpha) to hot-swap between."""
     from adapters import RAdaptModel, save_adapter
-    from adapters.acquire import white_adapter
-    from adapters.loading import load_model
+    from adapters.method.acquire import white_adapter
+    from adapters.zoo.loading import load_model
 
     rmodel = RAdaptModel.from_loaded(load_model(cfg.clip_model, device="cpu", dtype="float32"))
     for name, sigma, alpha in zip(ADAPTER_FILES, (0.5, 1.5), (0.3, 0.7), strict=True):

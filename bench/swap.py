@@ -25,9 +25,9 @@ SWAPPED = "bench-swap"  # loaded, replaced and removed while traffic runs
 def write_adapter_files(model: str, folder: Path, n: int) -> list[Path]:
     """``n`` distinct adapter files for ``model`` (white anchor, varied sigma and alpha)."""
     from adapters import save_adapter
-    from adapters.acquire import white_adapter
-    from adapters.loading import load_model
-    from adapters.model import RAdaptModel
+    from adapters.method.acquire import white_adapter
+    from adapters.method.model import RAdaptModel
+    from adapters.zoo.loading import load_model
 
     loaded = load_model(model, device="cpu", dtype="float32")
     rmodel = RAdaptModel.from_loaded(loaded)

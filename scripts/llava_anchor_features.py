@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from adapters import RAdaptModel
-from adapters.acquire import white_adapter
-from adapters.captioning_metrics import CiderD
-from adapters.loading import load_model
-from adapters.lvlm_attacks import LvlmTarget, attack_example
-from adapters.train import TrainSettings, attacked_fare_loss, train_anchor
+from adapters.lab.captioning_metrics import CiderD
+from adapters.lab.lvlm_attacks import LvlmTarget, attack_example
+from adapters.lab.train import TrainSettings, attacked_fare_loss, train_anchor
+from adapters.method.acquire import white_adapter
+from adapters.zoo.loading import load_model
 
 torch.set_num_threads(1)
 

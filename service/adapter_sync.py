@@ -1,7 +1,7 @@
 """Keeps this replica's runtime adapters equal to the shared adapter store (``--adapter-store``).
 
 At start and every ``adapter_sync_s`` the store's refs are listed and every ref whose blob this
-replica does not serve yet is read, its sha256 verified, parsed and checked (``adapters.io``, the
+replica does not serve yet is read, its sha256 verified, parsed and checked (``adapters.method.io``, the
 adapter manager's checks: never unpickled) in a worker thread, then put in place on the event loop.
 A ref that disappeared removes the adapter it had loaded. A blob that is corrupt, mismatched or does
 not fit the model is refused: listed, logged, counted, never served; the other adapters (and the last
@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from adapters import Adapter
-from adapters.io import adapter_to_bytes
+from adapters.method.io import adapter_to_bytes
 from service.adapters_manager import DEFAULT, parse_bytes
 from service.engine.models import ServedModel
 from service.errors import NotReady, ServiceError

@@ -19,8 +19,9 @@ from types import MappingProxyType
 
 import torch
 
-from adapters import Adapter, AdapterError, AdapterMismatchError, Fingerprint, adapter_from_bytes, digest, load_adapter
-from adapters.io import adapter_to_bytes, check_adapter
+from adapters import Adapter, AdapterError, AdapterMismatchError, Fingerprint, adapter_from_bytes, load_adapter
+from adapters.method import digest
+from adapters.method.io import adapter_to_bytes, check_adapter
 from service.errors import BadRequest, Conflict, NotFound
 from service.metrics import Metrics
 from service.schemas.adapters import AdapterOut

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
-from adapters.io import MAX_ADAPTER_BYTES
+from adapters.method.io import MAX_ADAPTER_BYTES
 
 
 class StoreUnavailable(OSError):

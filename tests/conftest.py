@@ -35,7 +35,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_clip():
     """builtin:tiny-clip loaded through the real loader (fp32, CPU). Do not inject into it: use ``fresh_clip``."""
-    from adapters.loading import load_model
+    from adapters.zoo.loading import load_model
 
     return load_model("builtin:tiny-clip", device="cpu", dtype="float32")
 
@@ -43,6 +43,6 @@ def tiny_clip():
 @pytest.fixture()
 def fresh_clip():
     """A new, un-injected builtin:tiny-clip per test (R-Adapt injection mutates the model)."""
-    from adapters.loading import load_model
+    from adapters.zoo.loading import load_model
 
     return load_model("builtin:tiny-clip", device="cpu", dtype="float32")

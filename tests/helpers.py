@@ -11,7 +11,7 @@ import torch.nn.functional as F
 def gaussian_reference(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """A full 2-D Gaussian kernel built pixel by pixel, reflect padding, one grouped conv2d.
 
-    ``images: [B, C, H, W]``; written independently of ``adapters.lowpass`` (which is separable).
+    ``images: [B, C, H, W]``; written independently of ``adapters.method.lowpass`` (which is separable).
     """
     r = math.ceil(3 * sigma)
     coords = torch.arange(-r, r + 1, dtype=torch.float64)

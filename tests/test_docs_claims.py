@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import adapters.config
+import adapters.method.config
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,14 +17,14 @@ def text_of(path: str) -> str:
     return re.sub(r"\s+", " ", (ROOT / path).read_text())
 
 
-@pytest.mark.parametrize("source", ["README.md", "adapters/config.py"])
+@pytest.mark.parametrize("source", ["README.md", "adapters/method/config.py"])
 def test_filter_energy_claim_is_qualified_by_adaptive_attacks(source):
     text = text_of(source)
     assert "removes most of the energy of L-inf attacks," not in text
     assert "adaptive" in text and "38%" in text
 
 
-@pytest.mark.parametrize("source", ["README.md", "adapters/config.py"])
+@pytest.mark.parametrize("source", ["README.md", "adapters/method/config.py"])
 def test_alpha_claim_names_the_attention_branch_only(source):
     text = text_of(source)
     assert "removes half of block 0's sensitivity" not in text and "removes half of block-0's" not in text
@@ -38,4 +38,4 @@ def test_batching_exactness_is_claimed_for_float32_only():
 
 
 def test_the_module_docstring_is_the_checked_text():
-    assert "attention branch only" in " ".join((adapters.config.__doc__ or "").split())
+    assert "attention branch only" in " ".join((adapters.method.config.__doc__ or "").split())

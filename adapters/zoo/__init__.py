@@ -1,4 +1,5 @@
-"""The offline model zoo: ``builtin:`` names for checkpoints this project builds itself.
+"""The model zoo: ``builtin:`` names for checkpoints this project builds itself, and
+``loading.load_model``, the one loader of any model reference (builtin name, local folder, hub id).
 
 Each builder is deterministic (fixed seed, locally built tokenizer and processor) and needs no
 network. ``export`` writes an ordinary Hugging Face folder that plain ``transformers`` loads.

@@ -8,7 +8,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from adapters.targets import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from adapters.method.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from adapters.zoo.tokenizers import clip_vocab_and_merges
 
 

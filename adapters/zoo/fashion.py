@@ -8,7 +8,7 @@ mean/std through an ordinary CLIP image processor.
 Weights are committed (``weights/*.safetensors``, fp16 on disk, fp32 in memory) so the names
 load offline in seconds with no dataset: ``fashion-clip`` (contrastive training, see
 ``adapters.zoo.fashion_train``), ``fashion-clip-fare`` and ``fashion-clip-tecoa`` (the same
-model with the vision tower adversarially fine-tuned, see ``adapters.finetune``; they store only
+model with the vision tower adversarially fine-tuned, see ``adapters.lab.finetune``; they store only
 ``vision_model.*`` and ``visual_projection.*`` and take the rest from ``fashion-clip``).
 """
 

@@ -76,9 +76,9 @@ def run_table(n: int = 1000, eps: Sequence[float] = (1, 2, 4, 8), attacks: Seque
               progress: bool = True, targets: int = 9) -> tuple[list[Any], dict[str, Any]]:
     """Evaluate ``configs`` on the first ``n`` test-slice images; returns (results, settings)."""
     from adapters import load_adapter
-    from adapters.evaluate import EvalConfig, evaluate
-    from adapters.model import RAdaptModel
-    from adapters.zeroshot import class_embeddings, logit_scale_of
+    from adapters.lab.evaluate import EvalConfig, evaluate
+    from adapters.lab.zeroshot import class_embeddings, logit_scale_of
+    from adapters.method.model import RAdaptModel
 
     known = CONFIGS + tuple(HYBRIDS)
     unknown = [c for c in configs if c not in known]
@@ -113,7 +113,7 @@ def write(results: list[Any], settings: dict[str, Any], out: Path,
           document: dict[str, Any] | None = None) -> dict[str, Path]:
     """results.json (``document``, default built from ``results``), results.md, accuracy.png and
     tradeoff.png (clean vs robust per eps) under ``out``."""
-    from adapters.report import markdown_table, plot_accuracy, to_json
+    from adapters.lab.report import markdown_table, plot_accuracy, to_json
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "results.json", "markdown": out / "results.md"}
@@ -126,7 +126,7 @@ def write(results: list[Any], settings: dict[str, Any], out: Path,
 
 def merge(parts: Sequence[Path], out: Path) -> dict[str, Path]:
     """Join ``results.json`` files of runs with the same settings (e.g. configurations run in parallel)."""
-    from adapters.evaluate import ConfigResult, EvalConfig
+    from adapters.lab.evaluate import ConfigResult, EvalConfig
 
     docs = [json.loads((Path(p) / "results.json").read_text()) for p in parts]
     same = ("n", "eps", "attacks", "steps", "apgd_t_target_classes", "prompt")
@@ -144,7 +144,7 @@ def merge(parts: Sequence[Path], out: Path) -> dict[str, Path]:
 
 def plot_tradeoffs(results: list[Any], path: Path) -> Path:
     """One panel per eps: clean (y) versus robust (x) accuracy, one marker per configuration."""
-    from adapters.report import _pyplot, _save
+    from adapters.lab.report import _pyplot, _save
 
     plt = _pyplot()
     eps = list(results[0].robust)

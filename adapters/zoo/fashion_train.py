@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel
 
-from adapters.finetune import warmup_cosine
-from adapters.zeroshot import TEMPLATES, Normalize
+from adapters.lab.finetune import warmup_cosine
+from adapters.lab.zeroshot import TEMPLATES, Normalize
 from adapters.zoo import fashion, fashion_data
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def _train(settings: ContrastiveSettings, progress: bool) -> CLIPModel:
 def zero_shot_accuracy(model: CLIPModel, images: torch.Tensor, labels: torch.Tensor,
                        templates: Sequence[str] = ("a photo of a {}.",), batch_size: int = 500) -> float:
     """Top-1 zero-shot accuracy on ``images: [N, 3, 28, 28]`` in [0, 1] with the dataset's class names."""
-    from adapters.zeroshot import class_embeddings
+    from adapters.lab.zeroshot import class_embeddings
 
     text = F.normalize(class_embeddings(model, fashion.fashion_processor().tokenizer, fashion_data.CLASSES,
                                         templates), dim=-1)
@@ -163,8 +163,8 @@ def finetune_variant(variant: str, n: int = FINETUNE_IMAGES, seed: int = 0) -> C
 
     ``n`` training images from the *end* of the training split (R-Adapt+ takes its 2k from the start).
     """
-    from adapters.finetune import FinetuneSettings, finetune
-    from adapters.zeroshot import class_embeddings, logit_scale_of
+    from adapters.lab.finetune import FinetuneSettings, finetune
+    from adapters.lab.zeroshot import class_embeddings, logit_scale_of
 
     method = variant.removeprefix("fashion-clip-")
     model, processor = fashion.load_variant("fashion-clip")

@@ -42,7 +42,7 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from adapters.targets import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from adapters.method.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from adapters.zoo.tokenizers import COMMON_WORDS, byte_to_unicode, word_merges
 
 SEED = 0
@@ -154,7 +154,7 @@ def _image_only(base: type) -> type:
 ImageOnlyQwen2VLProcessor = _image_only(Qwen2VLProcessor)
 ImageOnlyQwen2_5_VLProcessor = _image_only(Qwen2_5_VLProcessor)
 ImageOnlyQwen3VLProcessor = _image_only(Qwen3VLProcessor)
-# model_type -> processor usable without torchvision (see ``adapters.loading``)
+# model_type -> processor usable without torchvision (see ``adapters.zoo.loading``)
 IMAGE_ONLY_PROCESSORS: dict[str, type] = {
     "qwen2_vl": ImageOnlyQwen2VLProcessor,
     "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,

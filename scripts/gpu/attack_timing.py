@@ -5,7 +5,7 @@
 Self-contained: builds ``LlavaForConditionalGeneration`` with LLaVA-1.5-7B's configuration
 (CLIP ViT-L/14 at 336 px, 576 image tokens, Llama-2-7B: 32 layers, width 4096, vocab 32064) and
 RANDOM weights directly on the GPU (no download), injects R-Adapt, and times through the
-project's own code (``adapters.lvlm_attacks.LvlmTarget.loss`` + ``adapters.attacks.pgd``):
+project's own code (``adapters.lab.lvlm_attacks.LvlmTarget.loss`` + ``adapters.lab.attacks.pgd``):
 
 - one attack step (forward + backward of the teacher-forced loss to the pixels) at batch 1
   (one image) with 1 and 5 references, standard mode and robust mode (white anchor), bf16 and fp32;
@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from adapters.attacks import pgd  # noqa: E402
-from adapters.lvlm_attacks import Example, LvlmTarget  # noqa: E402
-from adapters.model import RAdaptModel  # noqa: E402
+from adapters.lab.attacks import pgd  # noqa: E402
+from adapters.lab.lvlm_attacks import Example, LvlmTarget  # noqa: E402
+from adapters.method.model import RAdaptModel  # noqa: E402
 
 IMAGE_TOKEN = 32000
 
@@ -157,7 +157,7 @@ def main() -> None:
         print(f"{str(dtype).replace('torch.', ''):8s} greedy generation, 20 tokens (robust): {gen_s:.2f} s")
         results[(str(dtype).replace("torch.", ""), 0, "generate")] = gen_s
         if importlib.util.find_spec("pyautoattack") is not None:
-            from adapters.attacks import apgd_loss
+            from adapters.lab.attacks import apgd_loss
 
             ex = example(target, side, image_tokens, 5, gen)
             sync()

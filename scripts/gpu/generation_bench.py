@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from adapters.loading import LoadedModel  # noqa: E402
+from adapters.zoo.loading import LoadedModel  # noqa: E402
 from service.engine.engine import Engine  # noqa: E402
 from service.engine.generation import SamplingRequest  # noqa: E402
 from service.settings import load_settings  # noqa: E402

@@ -30,7 +30,7 @@ def emit(**fields: object) -> None:
 
 
 def check_dtype() -> None:
-    from adapters.loading import resolve_dtype
+    from adapters.zoo.loading import resolve_dtype
 
     dev = torch.device("cuda")
     emit(check="dtype_auto", gpu=torch.cuda.get_device_name(0), bf16_supported=torch.cuda.is_bf16_supported(),
@@ -38,7 +38,7 @@ def check_dtype() -> None:
 
 
 def check_fold() -> None:
-    from adapters.lowpass import blurred_patch_conv, fold_blur_into_weight, gaussian_blur, kernel_radius
+    from adapters.method.lowpass import blurred_patch_conv, fold_blur_into_weight, gaussian_blur, kernel_radius
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 768, 32, 32, bias=False).to("cuda")
@@ -61,8 +61,9 @@ def check_fold() -> None:
 
 
 def check_digest() -> None:
-    from adapters import RAdaptModel, digest
-    from adapters.loading import load_model
+    from adapters import RAdaptModel
+    from adapters.method import digest
+    from adapters.zoo.loading import load_model
 
     fps = {}
     for dtype in ("float32", "bfloat16", "float16"):

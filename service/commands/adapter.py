@@ -9,8 +9,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from adapters.loading import LoadedModel
-    from adapters.model import RAdaptModel
+    from adapters.method.model import RAdaptModel
+    from adapters.zoo.loading import LoadedModel
 
 METHODS = ("white", "guided", "data")
 
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_data_arguments(b: argparse.ArgumentParser) -> None:
     """Options of the data-driven method; its module adds nothing here if absent."""
     try:
-        from adapters import train
+        from adapters.lab import train
     except ImportError:
         return
     train.add_arguments(b)
@@ -44,10 +44,10 @@ def add_data_arguments(b: argparse.ArgumentParser) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from adapters import save_adapter
-    from adapters.acquire import guided_adapter, white_adapter
-    from adapters.config import AdapterError
-    from adapters.loading import ModelLoadError, load_model
-    from adapters.model import RAdaptModel
+    from adapters.method.acquire import guided_adapter, white_adapter
+    from adapters.method.config import AdapterError
+    from adapters.method.model import RAdaptModel
+    from adapters.zoo.loading import ModelLoadError, load_model
 
     problem = check_build_args(args)
     if problem is not None:
@@ -67,7 +67,7 @@ def run_build(args: argparse.Namespace) -> int:
                                      args.sigma, args.alpha, source=f"guided:{args.robust_model}")
         else:
             try:
-                from adapters import train
+                from adapters.lab import train
             except ImportError:
                 print("error: the data method is not available in this build", file=sys.stderr)
                 return 2
@@ -83,7 +83,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 def check_build_args(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags, found before any model loads (None when nothing is)."""
-    from adapters.config import MAX_SIGMA
+    from adapters.method.config import MAX_SIGMA
 
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         return f"--alpha must be in [0, 1], got {args.alpha}"
@@ -100,10 +100,10 @@ def check_build_args(args: argparse.Namespace) -> str | None:
 
 def robust_rmodel(name: str, served: LoadedModel, device: str) -> RAdaptModel:
     """The robust model for a guided anchor: a transformers model, or an open_clip safetensors file."""
-    from adapters import openclip
-    from adapters.config import AdapterMismatchError
-    from adapters.loading import load_model
-    from adapters.model import RAdaptModel
+    from adapters.lab import openclip
+    from adapters.method.config import AdapterMismatchError
+    from adapters.method.model import RAdaptModel
+    from adapters.zoo.loading import load_model
 
     checkpoint = openclip.find_checkpoint(name)
     if checkpoint is None:
@@ -118,7 +118,7 @@ def robust_rmodel(name: str, served: LoadedModel, device: str) -> RAdaptModel:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from adapters import load_adapter
-    from adapters.config import AdapterError
+    from adapters.method.config import AdapterError
 
     try:
         adapter = load_adapter(args.file)

@@ -2,7 +2,7 @@
 
 ``--task classify`` (default): zero-shot accuracy of a CLIP model on an ImageFolder.
 ``--task caption|vqa``: CIDEr / VQA accuracy of a LLaVA or Qwen-VL model under attacks on the
-language-model loss of the references (``adapters.lvlm_eval``).
+language-model loss of the references (``adapters.lab.lvlm_eval``).
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def parse_floats(text: str, what: str) -> list[float]:
 
 
 def parse_attacks(text: str, task: str = "classify") -> list[str]:
-    from adapters.attacks import ATTACKS
-    from adapters.lvlm_attacks import LVLM_ATTACKS
+    from adapters.lab.attacks import ATTACKS
+    from adapters.lab.lvlm_attacks import LVLM_ATTACKS
 
     allowed = ATTACKS if task == "classify" else LVLM_ATTACKS
     names = [a.strip().lower() for a in text.split(",") if a.strip()]
@@ -81,7 +81,7 @@ def parse_sweep(items: list[str] | None) -> dict[str, list[float]] | None:
     """``["sigma=0.5,1", "alpha=0.25"]`` -> ``{"sigma": [...], "alpha": [...]}``; missing keys default."""
     if not items:
         return None
-    from adapters.config import DEFAULT_ALPHA, DEFAULT_SIGMA
+    from adapters.method.config import DEFAULT_ALPHA, DEFAULT_SIGMA
 
     grid = {"sigma": [DEFAULT_SIGMA], "alpha": [DEFAULT_ALPHA]}
     for item in items:
@@ -103,7 +103,7 @@ def check_extras(attacks: list[str]) -> None:
 
 
 def read_templates(path: str | None) -> tuple[str, ...]:
-    from adapters.zeroshot import TEMPLATES
+    from adapters.lab.zeroshot import TEMPLATES
 
     if path is None:
         return TEMPLATES
@@ -114,8 +114,8 @@ def read_templates(path: str | None) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adapters.config import AdapterError
-    from adapters.loading import ModelLoadError
+    from adapters.method.config import AdapterError
+    from adapters.zoo.loading import ModelLoadError
 
     try:
         return _run(args)
@@ -135,12 +135,12 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from adapters import load_adapter
-    from adapters.evaluate import comparison_configs, evaluate, sweep_configs
-    from adapters.imagefolder import ImageFolder, load_pixels
-    from adapters.loading import load_model
-    from adapters.model import RAdaptModel
-    from adapters.report import markdown_table, write_reports
-    from adapters.zeroshot import class_embeddings, logit_scale_of
+    from adapters.lab.evaluate import comparison_configs, evaluate, sweep_configs
+    from adapters.lab.imagefolder import ImageFolder, load_pixels
+    from adapters.lab.report import markdown_table, write_reports
+    from adapters.lab.zeroshot import class_embeddings, logit_scale_of
+    from adapters.method.model import RAdaptModel
+    from adapters.zoo.loading import load_model
 
     eps, attacks = parse_floats(args.eps or "1,2,4", "--eps"), parse_attacks(args.attack or "apgd-ce,apgd-t")
     if any(e < 0 for e in eps):

@@ -12,12 +12,12 @@ from service.commands.eval import UsageError, check_extras, parse_attacks, parse
 
 def run_lvlm(args: argparse.Namespace) -> int:
     from adapters import load_adapter
-    from adapters.evaluate import comparison_configs, sweep_configs
-    from adapters.loading import load_model
-    from adapters.lvlm_attacks import LvlmTarget
-    from adapters.lvlm_eval import CAPTION_PROMPT, MAX_NEW_TOKENS, VQA_PROMPT, evaluate_lvlm, read_dataset
-    from adapters.model import RAdaptModel
-    from adapters.report import markdown_table, write_lvlm_reports
+    from adapters.lab.evaluate import comparison_configs, sweep_configs
+    from adapters.lab.lvlm_attacks import LvlmTarget
+    from adapters.lab.lvlm_eval import CAPTION_PROMPT, MAX_NEW_TOKENS, VQA_PROMPT, evaluate_lvlm, read_dataset
+    from adapters.lab.report import markdown_table, write_lvlm_reports
+    from adapters.method.model import RAdaptModel
+    from adapters.zoo.loading import load_model
 
     eps = parse_floats(args.eps or "2,4", "--eps")
     attacks = parse_attacks(args.attack or "apgd", args.task)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def _machine() -> str:
     import os
 
-    from adapters.loading import cpu_flags
+    from adapters.zoo.loading import cpu_flags
 
     bf16 = "with" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "without"
     return f"Machine: {os.cpu_count()} CPUs, {bf16} AVX512-BF16/AMX."

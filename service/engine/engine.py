@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapters.attacks import madry_step, pgd_step
-from adapters.loading import LoadedModel, ModelLoadError, load_model
+from adapters.lab.attacks import madry_step, pgd_step
+from adapters.zoo.loading import LoadedModel, ModelLoadError, load_model
 from service.adapters_manager import DEFAULT
 from service.engine.generation import Generating, SamplingRequest, split_messages
 from service.engine.models import ServedModel, attach_adapters, load_served

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from adapters import Adapter, RAdaptModel
-from adapters.acquire import white_adapter
-from adapters.loading import LoadedModel, ModelLoadError
+from adapters.method.acquire import white_adapter
 from adapters.zoo import robust_defaults
+from adapters.zoo.loading import LoadedModel, ModelLoadError
 from service.adapters_manager import DEFAULT, AdapterStore, parse_file
 from service.engine.batcher import Batcher
 from service.engine.scheduler import GenerationScheduler, SchedulerLimits

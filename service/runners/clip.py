@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from adapters import Adapter, AdapterError, RAdaptModel
-from adapters.loading import LoadedModel
+from adapters.zoo.loading import LoadedModel
 from service.engine.work import Output, WorkItem, WorkKind
 from service.errors import BadRequest, NotFound
 from service.runners.preprocess import image_preprocessor

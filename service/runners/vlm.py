@@ -22,7 +22,7 @@ from PIL import Image
 from transformers import DynamicCache
 
 from adapters import Adapter, RAdaptModel
-from adapters.loading import LoadedModel
+from adapters.zoo.loading import LoadedModel
 from service.engine.detok import RowText
 from service.errors import BadRequest
 from service.runners.kvbatch import DecodeBatch, PrefilledRow

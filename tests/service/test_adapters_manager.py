@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from adapters import RAdaptModel, adapter_to_bytes
-from adapters.anchor import Adapter
-from adapters.config import AdapterConfig, Fingerprint
+from adapters.method.anchor import Adapter
+from adapters.method.config import AdapterConfig, Fingerprint
 from service.adapters_manager import AdapterStore
 from service.errors import BadRequest
 from service.metrics import Metrics
@@ -88,7 +88,7 @@ async def test_upload_built_on_another_checkpoint_is_a_400(client, tiny_clip, pn
 async def test_adapters_named_at_start_are_checked_whole(tmp_path, tiny_clip):
     """`--adapter NAME=FILE` goes through the same checks: a file that cannot run stops the start, clearly."""
     from adapters import save_adapter
-    from adapters.loading import ModelLoadError
+    from adapters.zoo.loading import ModelLoadError
     from service.engine.engine import Engine
     from tests.service.conftest import clip_settings
 

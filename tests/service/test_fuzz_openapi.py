@@ -28,8 +28,8 @@ MAX_EXAMPLES = int(os.environ.get("RADAPT_FUZZ_EXAMPLES", "12"))
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from adapters import RAdaptModel, save_adapter
-    from adapters.acquire import white_adapter
-    from adapters.loading import load_model
+    from adapters.method.acquire import white_adapter
+    from adapters.zoo.loading import load_model
 
     work = tmp_path_factory.mktemp("fuzz")
     (work / "adapters").mkdir()

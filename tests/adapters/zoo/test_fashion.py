@@ -33,8 +33,8 @@ def slice500():
 
 def _classifier(variant: str, templates=("a photo of a {}.",)):
     """A zero-shot classifier over a fresh copy of ``variant`` (R-Adapt injects into the model it wraps)."""
-    from adapters.model import RAdaptModel
-    from adapters.zeroshot import ZeroShotClassifier, class_embeddings, logit_scale_of
+    from adapters.lab.zeroshot import ZeroShotClassifier, class_embeddings, logit_scale_of
+    from adapters.method.model import RAdaptModel
 
     model = fashion.load_variant(variant)[0]
     text = class_embeddings(model, fashion.fashion_processor().tokenizer, fashion_data.CLASSES, templates)
@@ -56,7 +56,7 @@ def test_zero_shot_accuracy_on_the_committed_slice(slice500, templates, floor):
 
 def test_pgd_breaks_the_standard_model_and_fare_keeps_clearly_more(slice500):
     """PGD-10 at eps 8/255 on 200 images (on the first 100: standard 78% -> 26%, FARE 78% -> 42%)."""
-    from adapters.attacks import attack
+    from adapters.lab.attacks import attack
 
     x, y = slice500[0][:200], slice500[1][:200]
     acc = {}

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from adapters import RAdaptModel, save_adapter
-from adapters.acquire import white_adapter
-from adapters.imagefolder import load_pixels
-from adapters.zeroshot import ZeroShotClassifier, class_embeddings, logit_scale_of
+from adapters.lab.imagefolder import load_pixels
+from adapters.lab.zeroshot import ZeroShotClassifier, class_embeddings, logit_scale_of
+from adapters.method.acquire import white_adapter
 from service.cli import main
 
 pytestmark = pytest.mark.integration
@@ -100,9 +100,9 @@ def lvlm_dataset(folder, model: str, task: str, n: int = 3) -> list[str]:
     """Images whose references are ``model``'s own standard-mode outputs (clean score: the best there is).
 
     Writes ``folder/captions.json`` or ``folder/vqa.json``; returns those outputs."""
-    from adapters.loading import load_model
-    from adapters.lvlm_attacks import LvlmTarget
-    from adapters.lvlm_eval import CAPTION_PROMPT, VQA_PROMPT
+    from adapters.lab.lvlm_attacks import LvlmTarget
+    from adapters.lab.lvlm_eval import CAPTION_PROMPT, VQA_PROMPT
+    from adapters.zoo.loading import load_model
 
     loaded = load_model(model, device="cpu", dtype="float32")
     target = LvlmTarget(RAdaptModel.from_loaded(loaded), loaded.processor)

@@ -43,12 +43,12 @@ def test_settings_errors_name_only_flags_that_exist(monkeypatch, capsys):
 
 
 def test_a_port_in_use_is_found_before_models_load(capsys, monkeypatch):
-    import adapters.loading
+    import adapters.zoo.loading
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("models loaded before the port was checked")
 
-    monkeypatch.setattr(adapters.loading, "load_model", must_not_load)
+    monkeypatch.setattr(adapters.zoo.loading, "load_model", must_not_load)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -68,12 +68,12 @@ def test_a_port_in_use_is_found_before_models_load(capsys, monkeypatch):
     (["--method", "white", "--robust-model", "x"], "only used by --method guided"),
 ])
 def test_adapter_build_checks_flags_before_loading_the_model(flags, needle, tmp_path, capsys, monkeypatch):
-    import adapters.loading
+    import adapters.zoo.loading
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model loaded before the flags were checked")
 
-    monkeypatch.setattr(adapters.loading, "load_model", must_not_load)
+    monkeypatch.setattr(adapters.zoo.loading, "load_model", must_not_load)
     out = tmp_path / "a.safetensors"
     assert main(["adapter", "build", "--model", "builtin:tiny-clip", "--out", str(out), *flags]) == 2
     assert needle in capsys.readouterr().err and not out.exists()

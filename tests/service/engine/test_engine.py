@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from adapters import Fingerprint, save_adapter
-from adapters.anchor import Adapter
-from adapters.config import AdapterConfig
-from adapters.loading import ModelLoadError
+from adapters.method.anchor import Adapter
+from adapters.method.config import AdapterConfig
+from adapters.zoo.loading import ModelLoadError
 from service.engine.engine import Engine
 from service.settings import load_settings
 

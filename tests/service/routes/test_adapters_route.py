@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from adapters import Fingerprint, adapter_to_bytes, save_adapter
-from adapters.anchor import Adapter
-from adapters.config import AdapterConfig
+from adapters.method.anchor import Adapter
+from adapters.method.config import AdapterConfig
 
 pytestmark = [pytest.mark.api, pytest.mark.asyncio(loop_scope="session")]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adapters import adapter_to_bytes
-from adapters.anchor import Adapter
+from adapters.method.anchor import Adapter
 
 pytestmark = [pytest.mark.api, pytest.mark.asyncio(loop_scope="session")]
 

@@ -139,8 +139,8 @@ async def test_upload_of_an_adapter_that_cannot_run_is_refused(client, clip_engi
     """Finding 2: an anchor with the wrong number of rows uploaded with 201 and failed every batch."""
     import torch
 
-    from adapters.anchor import Adapter
-    from adapters.config import AdapterConfig
+    from adapters.method.anchor import Adapter
+    from adapters.method.config import AdapterConfig
 
     rmodel = clip_engine.models["builtin:tiny-clip"].rmodel
     good = rmodel.build_adapter(rmodel.white_anchor(), method="manual")

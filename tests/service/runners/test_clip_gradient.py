@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapters.zeroshot import ZeroShotClassifier
+from adapters.lab.zeroshot import ZeroShotClassifier
 from service.engine.work import WorkItem, WorkKind
 from service.runners.clip import ClipGradient, GradientStep
 
@@ -27,7 +27,7 @@ def _pixels(served, seed: int) -> torch.Tensor:
 
 
 def _reference(served, x: torch.Tensor, adapter, target: int | None) -> tuple[torch.Tensor, int]:
-    """The gradient by adapters.zeroshot's classifier and plain autograd."""
+    """The gradient by adapters.lab.zeroshot's classifier and plain autograd."""
     model, tok = served.loaded.model, served.loaded.processor.tokenizer
     with torch.no_grad():
         ids = tok(list(PROMPTS), padding=True, return_tensors="pt")
