@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench import machine, promscrape, report
+from bench import machine, promscrape
 from bench.images import data_uri, make_images
 from bench.loadgen import Request, run_load
 from bench.server import ServerProcess
@@ -180,7 +180,7 @@ def serve_command(cfg: GenConfig) -> list[str]:
 def run_generation_bench(cfg: GenConfig) -> dict[str, Any]:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     images = [data_uri(b) for b in make_images(8)]
-    results: dict[str, Any] = {"meta": machine.describe(), "config": report.config_dict(cfg), "models": {}}
+    results: dict[str, Any] = {"meta": machine.describe(), "config": machine.config_dict(cfg), "models": {}}
     with ServerProcess("radapt serve (generation)", serve_command(cfg), "/health/ready",
                        cfg.out_dir / "serve.log", env={"HF_HUB_OFFLINE": "1"}) as srv:
         results["startup_s"] = round(srv.startup_s, 2)

@@ -1,5 +1,5 @@
-"""What the figures were measured on: CPU, memory, versions, and how busy the machine was with
-work that was not the benchmark's (other processes share these cores)."""
+"""What the figures were measured on: CPU, memory, versions, the run's config, and how busy the
+machine was with work that was not the benchmark's (other processes share these cores)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A benchmark's config dataclass as JSON-ready values (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
 def describe() -> dict[str, object]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench import machine, report
+from bench import machine
 from bench.images import data_uri, make_images
 from bench.loadgen import Request, run_load
 from bench.server import ServerProcess
@@ -123,7 +123,7 @@ def _figures(alone: list[dict[str, Any]], attacked: list[dict[str, Any]], attack
 
 def run_playground_bench(cfg: PlaygroundConfig) -> dict[str, Any]:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"meta": machine.describe(), "config": report.config_dict(cfg)}
+    results: dict[str, Any] = {"meta": machine.describe(), "config": machine.config_dict(cfg)}
     with ServerProcess("radapt serve (playground)", serve_command(cfg), "/health/ready", cfg.out_dir / "serve.log",
                        env={"HF_HUB_OFFLINE": "1", "RADAPT_ATTACKS_PER_MINUTE": "6000"}) as srv:
         results["startup_s"] = round(srv.startup_s, 2)

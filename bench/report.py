@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from bench.generation import render as render_generation
+from bench.playground import render as render_playground
 
 MIB = 2**20
 
@@ -16,11 +18,6 @@ def _saturation(sweep: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if not a or not b else round(a / b, 3)
-
-
-def config_dict(cfg: Any) -> dict[str, Any]:
-    """A benchmark's config dataclass as JSON-ready values (paths as strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
@@ -83,15 +80,23 @@ def write(results: dict[str, Any], md_path: Path, json_path: Path, analysis: Pat
 
 def extra_sections(folder: Path) -> str:
     """The sections of `radapt bench --generation` and `--playground`, from their JSON beside RESULTS.md."""
-    from bench.generation import render as render_generation
-    from bench.playground import render as render_playground
-
     text = ""
     for name, render_section in (("generation.json", render_generation), ("playground.json", render_playground)):
         path = folder / name
         if path.exists():
             text += "\n" + render_section(json.loads(path.read_text()))
     return text
+
+
+def rewrite_results_md(section_json: Path) -> Path:
+    """RESULTS.md beside a section's JSON: the CLIP run (when there is one) plus every section."""
+    clip_json, md = section_json.with_name("results.json"), section_json.with_name("RESULTS.md")
+    if clip_json.exists():
+        analysis = clip_json.with_name("ANALYSIS.md")
+        write(json.loads(clip_json.read_text()), md, clip_json, analysis if analysis.exists() else None)
+    else:
+        md.write_text("# R-Adapt Serve benchmark results\n" + extra_sections(md.parent))
+    return md
 
 
 def main() -> None:

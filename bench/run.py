@@ -139,7 +139,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     images = make_images(cfg.images)
     uris = [data_uri(b) for b in images]
     files = write_adapter_files(cfg.model, cfg.out_dir / "adapters", max(cfg.memory_adapters, 4))
-    results: dict[str, Any] = {"meta": meta, "config": report.config_dict(cfg), "runs": {}}
+    results: dict[str, Any] = {"meta": meta, "config": machine.config_dict(cfg), "runs": {}}
     for dtype in cfg.dtypes:
         log.info("serving and limit: %s", dtype)
         results["runs"][dtype] = asyncio.run(measure_ours(cfg, dtype, images, files))

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from bench import report
+from bench import machine
 from bench.images import data_uri, make_images
 from bench.server import ServerProcess
 
@@ -330,7 +330,7 @@ def run_soak(cfg: SoakConfig) -> dict[str, Any]:
     if not tally.statuses.get(200):
         failures.append("no request succeeded")
     return {
-        "config": report.config_dict(cfg),
+        "config": machine.config_dict(cfg),
         "capacity_rps": round(rate_capacity, 2), "offered_rps": round(rate, 2),
         "requests": sum(tally.statuses.values()), "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "by_kind": {k: {str(s): n for s, n in sorted(c.items())} for k, c in sorted(tally.by_kind.items())},

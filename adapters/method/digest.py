@@ -109,6 +109,3 @@ def difference(a: str, b: str) -> float:
         worst = max(worst, abs(va[i] - vb[i]) / rms, proj / rms)
     return worst
 
-
-def same_weights(a: str, b: str) -> bool:
-    return difference(a, b) <= TOLERANCE

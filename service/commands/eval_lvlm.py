@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.commands.eval import UsageError, check_extras, parse_attacks, parse_floats, parse_sweep
+from service.commands.eval_options import UsageError, check_extras, parse_attacks, parse_floats, parse_sweep
 
 
 def run_lvlm(args: argparse.Namespace) -> int:

@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 def run_generation(args: argparse.Namespace, out: Path | None) -> int:
     from dataclasses import replace
 
+    from bench import report
     from bench.generation import GenConfig, quick_config, run_generation_bench
     from bench.server import ServerError
 
@@ -99,7 +100,7 @@ def run_generation(args: argparse.Namespace, out: Path | None) -> int:
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    md = _rewrite_results_md(cfg.results_json)
+    md = report.rewrite_results_md(cfg.results_json)
     print(f"wrote {cfg.results_json} and {md}")
     for model, checks in results["targets"].items():
         missed = [k for k, t in checks.items() if not t["met"]]
@@ -111,6 +112,7 @@ def run_generation(args: argparse.Namespace, out: Path | None) -> int:
 def run_playground(args: argparse.Namespace, out: Path | None) -> int:
     from dataclasses import replace
 
+    from bench import report
     from bench.playground import PlaygroundConfig, quick_config, run_playground_bench
     from bench.server import ServerError
 
@@ -126,7 +128,7 @@ def run_playground(args: argparse.Namespace, out: Path | None) -> int:
     except (ServerError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    md = _rewrite_results_md(cfg.results_json)
+    md = report.rewrite_results_md(cfg.results_json)
     print(f"wrote {cfg.results_json} and {md}")
     print(", ".join(f"{k} {v}" for k, v in results["ratios"].items()))
     return 0
@@ -146,18 +148,3 @@ def _section_changes(args: argparse.Namespace, out: Path | None, json_name: str)
     if out is not None and not args.quick:
         changes["results_json"] = out / json_name
     return changes
-
-
-def _rewrite_results_md(section_json: Path) -> Path:
-    """RESULTS.md beside a section's JSON: the CLIP run (when there is one) plus every section."""
-    import json
-
-    from bench import report
-
-    clip_json, md = section_json.with_name("results.json"), section_json.with_name("RESULTS.md")
-    if clip_json.exists():
-        analysis = clip_json.with_name("ANALYSIS.md")
-        report.write(json.loads(clip_json.read_text()), md, clip_json, analysis if analysis.exists() else None)
-    else:
-        md.write_text("# R-Adapt Serve benchmark results\n" + report.extra_sections(md.parent))
-    return md
