@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from service.engine.work import Output, WorkItem
 from service.errors import InferenceFailed, NotReady, Overloaded, RequestTimeout, ServiceError
 from service.metrics import Metrics
+from service.runners.base import Output, WorkItem
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from service.engine.models import ServedModel, attach_adapters, load_served
 from service.engine.sampling import MAX_STOP_CHARS, MAX_STOP_STRINGS, MIN_TEMPERATURE, SamplingParams
 from service.engine.scheduler import GenerationRequest, TokenStream
 from service.engine.tasks import ImageInput, TaskResult, decode_any, to_image
-from service.engine.work import WorkItem, WorkKind
 from service.errors import BadRequest, NotFound, NotReady, Overloaded, PayloadTooLarge, RequestTimeout
 from service.media import MediaLimits
 from service.metrics import Metrics
+from service.runners.base import WorkItem, WorkKind
 from service.runners.clip import ClipGradient
 from service.settings import DEFAULT_TEMPLATE, Settings
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from adapters import Adapter, RAdaptModel
 from adapters.method.acquire import white_adapter
@@ -20,12 +20,24 @@ from adapters.zoo.loading import LoadedModel, ModelLoadError
 from service.adapters_manager import DEFAULT, AdapterStore, parse_file
 from service.engine.batcher import Batcher
 from service.engine.scheduler import GenerationScheduler, SchedulerLimits
-from service.engine.work import Worker
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    """What the engine needs from a model's worker: the CLIP ``Batcher`` or the ``GenerationScheduler``
+    today; a vLLM-backed generator (GPU, image embeddings in) would be another implementation."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def abort_all(self, error: Exception) -> None: ...
+
+    def wedged(self, after: float) -> bool: ...
 
 
 @dataclass
@@ -34,7 +46,7 @@ class ServedModel:
     family: str
     loaded: LoadedModel
     rmodel: RAdaptModel
-    runner: Any  # ClipRunner | VlmRunner (service.engine.work's contracts)
+    runner: Any  # ClipRunner | VlmRunner (service.runners.base's contracts)
     adapters: AdapterStore
     worker: Worker  # Batcher | GenerationScheduler
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from service.engine.detok import RowText
 from service.engine.sampling import NonFiniteScores, RowSampler, SamplingParams
 from service.errors import InferenceFailed, NotFound, NotReady, Overloaded, RequestTimeout, ServiceError
 from service.metrics import Metrics
+from service.runners.detok import RowText
 from service.runners.kvbatch import DecodeBatch, merge
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from PIL import Image
 
 from adapters import Adapter, AdapterError, RAdaptModel
 from adapters.zoo.loading import LoadedModel
-from service.engine.work import Output, WorkItem, WorkKind
 from service.errors import BadRequest, NotFound
+from service.runners.base import Output, WorkItem, WorkKind
 from service.runners.preprocess import image_preprocessor
 
 IMAGE, TEXT, GRADIENT = WorkKind.IMAGE, WorkKind.TEXT, WorkKind.GRADIENT

@@ -1,7 +1,8 @@
 """What flows between the engine and the runners: work kinds, work items, outputs, runner contracts.
 
-A CLIP-family model is served by a ``BatchRunner`` behind the dynamic batcher (every item one image
-or one text); a chat model by a ``GenerationRunner`` behind the continuous-batching scheduler.
+A CLIP-family model is served by a ``BatchRunner`` behind the engine's dynamic batcher (every item
+one image or one text); a chat model by a ``GenerationRunner`` behind its continuous-batching
+scheduler. The engine imports these contracts; nothing here (or in any runner) imports the engine.
 """
 
 from __future__ import annotations
@@ -51,19 +52,6 @@ class BatchRunner(Runner, Protocol):
     def run_batch(self, items: list[WorkItem], adapters: Mapping[str, Adapter]) -> list[Output | Exception]:
         """Model thread: one ``Output`` or the item's own error per item, in order."""
         ...
-
-
-class Worker(Protocol):
-    """What the engine needs from a model's worker: the CLIP ``Batcher`` or the ``GenerationScheduler``
-    today; a vLLM-backed generator (GPU, image embeddings in) would be another implementation."""
-
-    def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def abort_all(self, error: Exception) -> None: ...
-
-    def wedged(self, after: float) -> bool: ...
 
 
 class GenerationRunner(Runner, Protocol):
