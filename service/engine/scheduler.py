@@ -29,8 +29,9 @@ from typing import Any
 import torch
 
 from service.engine.sampling import NonFiniteScores, RowSampler, SamplingParams
-from service.errors import InferenceFailed, NotFound, NotReady, Overloaded, RequestTimeout, ServiceError
+from service.errors import InferenceFailed, NotReady, Overloaded, RequestTimeout, ServiceError
 from service.metrics import Metrics
+from service.runners.base import adapter_for
 from service.runners.detok import RowText
 from service.runners.kvbatch import DecodeBatch, merge
 
@@ -271,13 +272,8 @@ class GenerationScheduler:
     def _prefill(self, req: GenerationRequest, adapters: Mapping[str, Any]) -> tuple[_Row, Any] | None:
         started = time.monotonic()
         self._queue_hist.observe(started - req.enqueued)
-        adapter = None
-        if req.adapter is not None:
-            adapter = adapters.get(req.adapter)
-            if adapter is None:
-                self._fail(req, NotFound(f"adapter {req.adapter!r} was removed", "adapter_not_found"))
-                return None
         try:
+            adapter = adapter_for(req.adapter, adapters)  # NotFound when it was removed since admission
             row = _Row(req, self.runner.text_of(req.params.stop), None if adapter is None else adapter.uid, started)
             scores, prefilled = self.runner.prefill(req.prompt, adapter)
             self._ttft.observe(time.monotonic() - started)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from adapters import Adapter
+from service.errors import NotFound
 
 
 class WorkKind(str, enum.Enum):
@@ -40,6 +41,17 @@ class Output:
 
     value: Any
     adapter_id: str | None = None
+
+
+def adapter_for(name: str | None, adapters: Mapping[str, Adapter]) -> Adapter | None:
+    """The adapter a request runs with, from the worker's snapshot (None: standard mode). Raises
+    ``NotFound`` when the adapter was removed after the request was admitted."""
+    if name is None:
+        return None
+    adapter = adapters.get(name)
+    if adapter is None:
+        raise NotFound(f"adapter {name!r} was removed", "adapter_not_found")
+    return adapter
 
 
 class Runner(Protocol):
