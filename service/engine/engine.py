@@ -237,7 +237,7 @@ class Engine:
         start = time.monotonic()
         with self._admitted(served) as deadline:
             (img,) = await self._images(deadline, [image], self.limits)
-            payload = await self.in_pool(deadline, served.runner.prepare_image, img, labels,
+            payload = await self.in_pool(deadline, served.batch_runner.prepare_image, img, labels,
                                          template or DEFAULT_TEMPLATE, top_k)
             self._count_mode(served, mode)
             done = await self._run(served, [WorkItem(WorkKind.IMAGE, payload, mode.adapter)], deadline)
@@ -278,7 +278,7 @@ class Engine:
         try:
             with self._admitted(served) as deadline:
                 (img,) = await self._images(deadline, [image], self.limits)
-                x = await self.in_pool(deadline, served.runner.prepare_attack, img)
+                x = await self.in_pool(deadline, served.batch_runner.prepare_attack, img)
                 x_adv, target, before, uid, model_time, last = x, None, (), None, 0.0, 0.0
                 step = madry_step(eps, steps)
                 for _ in range(steps):
@@ -326,7 +326,7 @@ class Engine:
             raise BadRequest(f"modality must be text or image, not {modality!r}", "invalid_modality")
         mode = self.mode(served, robust, adapter)
         start = time.monotonic()
-        runner = served.runner
+        runner = served.batch_runner
         with self._admitted(served) as deadline:
             if modality == "image":
                 images = await self._images(deadline, inputs, self.limits)
@@ -365,7 +365,7 @@ class Engine:
         deadline = self._admit(served)
         try:
             images = await self._images(deadline, refs, self.limits)
-            prompt = await self.in_pool(deadline, served.runner.prepare, converted, images)
+            prompt = await self.in_pool(deadline, served.generation_runner.prepare, converted, images)
             self._check_context(served, prompt.length, params.max_tokens)
             req = GenerationRequest(prompt, params, mode.adapter, deadline, TokenStream() if stream else None)
             served.worker.submit(req)
@@ -421,7 +421,7 @@ class Engine:
         return SamplingParams(max_tokens, temperature, top_p, r.seed, stop, *penalties, r.ignore_eos)
 
     def _check_context(self, served: ServedModel, prompt_tokens: int, max_tokens: int) -> None:
-        context = served.runner.context_length
+        context = served.generation_runner.context_length
         if context and prompt_tokens + max_tokens > context:
             raise BadRequest(f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
                              f"context of {context} tokens", "context_length_exceeded")

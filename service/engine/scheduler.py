@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 
+from adapters import Adapter
 from service.engine.sampling import NonFiniteScores, RowSampler, SamplingParams
 from service.errors import InferenceFailed, NotReady, Overloaded, RequestTimeout, ServiceError
 from service.metrics import Metrics
-from service.runners.base import adapter_for
+from service.runners.base import GenerationRunner, PreparedPrompt, adapter_for
 from service.runners.detok import RowText
-from service.runners.kvbatch import DecodeBatch, merge
+from service.runners.kvbatch import DecodeBatch, PrefilledRow, merge
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Generation:
 class GenerationRequest:
     """One generation, created on the event loop. ``cancelled`` is the only field the loop writes later."""
 
-    prompt: Any  # the runner's Prompt (``length``, ``n_images``)
+    prompt: PreparedPrompt  # what the runner's ``prepare`` returned
     params: SamplingParams
     adapter: str | None
     deadline: float  # time.monotonic() by which it must be done
@@ -101,8 +102,8 @@ class SchedulerLimits:
 
 
 class GenerationScheduler:
-    def __init__(self, model: str, runner: Any, snapshot: Callable[[], Mapping[str, Any]], metrics: Metrics,
-                 limits: SchedulerLimits) -> None:
+    def __init__(self, model: str, runner: GenerationRunner, snapshot: Callable[[], Mapping[str, Adapter]],
+                 metrics: Metrics, limits: SchedulerLimits) -> None:
         self.model, self.runner, self._snapshot, self.limits = model, runner, snapshot, limits
         self._waiting: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
@@ -269,7 +270,7 @@ class GenerationScheduler:
                 self._rows.append(row)
                 self._reserved += row.req.reserve
 
-    def _prefill(self, req: GenerationRequest, adapters: Mapping[str, Any]) -> tuple[_Row, Any] | None:
+    def _prefill(self, req: GenerationRequest, adapters: Mapping[str, Adapter]) -> tuple[_Row, PrefilledRow] | None:
         started = time.monotonic()
         self._queue_hist.observe(started - req.enqueued)
         try:

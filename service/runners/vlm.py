@@ -13,7 +13,7 @@ Qwen-VL's M-RoPE gives image tokens 3-D positions, after which text positions co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +103,7 @@ class VlmRunner:
         batch.advance(mask)
         return out.logits[:, -1].float()
 
-    def warmup(self, adapters: dict[str, Adapter]) -> None:
+    def warmup(self, adapters: Mapping[str, Adapter]) -> None:
         """A prefill and two decode steps with an image, standard and with each adapter."""
         image = Image.new("RGB", (32, 32), (127, 127, 127))
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "warm up"}]}]
