@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import math
 import time
@@ -45,6 +46,20 @@ from service.settings import DEFAULT_TEMPLATE, Settings
 log = logging.getLogger(__name__)
 
 
+class EngineState(str, enum.Enum):
+    """The engine's lifecycle; prints and serialises as its bare value (``/health/ready``'s status)."""
+
+    CREATED = "created"
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Engine:
     def __init__(self, settings: Settings, metrics: Metrics | None = None,
                  loader: Callable[..., LoadedModel] = load_model) -> None:
@@ -54,7 +69,7 @@ class Engine:
         self._loader = loader
         self.models: dict[str, ServedModel] = {}
         self.pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="preprocess")
-        self.state = "created"  # created | loading | ready | draining | failed | stopped
+        self.state = EngineState.CREATED
         self.started = int(time.time())  # `created` of the model objects (OpenAI's unix seconds)
         self.error: str | None = None
         self._in_flight: dict[str, int] = {}
@@ -71,7 +86,7 @@ class Engine:
 
     async def start(self) -> None:
         """Load, adapt and warm up every model, then start their workers. Raises ModelLoadError."""
-        self.state = "loading"
+        self.state = EngineState.LOADING
         try:
             for name in self.settings.models:
                 self.models[name] = await asyncio.to_thread(load_served, name, self.settings, self.metrics,
@@ -81,17 +96,17 @@ class Engine:
                 for served in self.models.values():
                     await asyncio.to_thread(served.runner.warmup, served.adapters.snapshot())
         except Exception as exc:
-            self.state, self.error = "failed", str(exc)
+            self.state, self.error = EngineState.FAILED, str(exc)
             raise
         for served in self.models.values():
             served.worker.start()
-        self.state = "ready"
+        self.state = EngineState.READY
 
     async def drain(self, grace: float) -> None:
         """Admit nothing new; wait up to ``grace`` s for in-flight calls, then fail the rest with 503."""
-        if self.state != "ready":
+        if self.state != EngineState.READY:
             return
-        self.state = "draining"
+        self.state = EngineState.DRAINING
         log.info("draining: %d calls in flight, grace %.0f s", sum(self._in_flight.values()), grace)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wait_idle(), grace)
@@ -110,12 +125,12 @@ class Engine:
         for served in self.models.values():
             await served.worker.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.state = "stopped"
+        self.state = EngineState.STOPPED
 
     # lookups
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.state == EngineState.READY
 
     def wedged(self) -> list[str]:
         after = max(60.0, 2 * self.settings.request_timeout_s)
@@ -123,9 +138,10 @@ class Engine:
 
     def get(self, model: str | None, task: str) -> ServedModel:
         if not self.ready:
-            if self.state == "draining":
+            if self.state == EngineState.DRAINING:
                 raise NotReady("server is shutting down; retry on another replica", "shutting_down")
-            raise NotReady("models are still loading; retry shortly" if self.state in ("created", "loading")
+            starting = self.state in (EngineState.CREATED, EngineState.LOADING)
+            raise NotReady("models are still loading; retry shortly" if starting
                            else f"server is not serving ({self.state})", headers={"Retry-After": "5"})
         if model is None:
             for served in self.models.values():
@@ -462,4 +478,4 @@ def _unless_late(deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-__all__ = ["AttackOutcome", "Engine", "ModelLoadError", "ServedModel", "TaskResult"]
+__all__ = ["AttackOutcome", "Engine", "EngineState", "ModelLoadError", "ServedModel", "TaskResult"]
