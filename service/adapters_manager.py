@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -24,11 +25,24 @@ from adapters.method import digest
 from adapters.method.io import adapter_to_bytes, check_adapter
 from service.errors import BadRequest, Conflict, NotFound
 from service.metrics import Metrics
-from service.schemas.adapters import AdapterOut
 from service.settings import ADAPTER_NAME
 
 log = logging.getLogger(__name__)
 DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """One loaded adapter (``id``: the uid of the adapter object, new with every load or swap)."""
+
+    name: str
+    model: str
+    id: str
+    method: str
+    sigma: float
+    alpha: float
+    source: str
+    digest: str  # sha256 of the adapter file's bytes ("" when unknown)
 
 
 class AdapterStore:
@@ -109,9 +123,9 @@ class AdapterStore:
                              "adapter_weights_mismatch")
         log.warning("%s; loaded anyway (allow_weight_mismatch)", message)
 
-    def infos(self) -> list[AdapterOut]:
-        return [AdapterOut(name=name, model=self.model, id=a.uid, method=a.config.method, sigma=a.config.sigma,
-                           alpha=a.config.alpha, source=a.config.source, digest=self._digests.get(name, ""))
+    def infos(self) -> list[AdapterInfo]:
+        return [AdapterInfo(name=name, model=self.model, id=a.uid, method=a.config.method, sigma=a.config.sigma,
+                            alpha=a.config.alpha, source=a.config.source, digest=self._digests.get(name, ""))
                 for name, a in sorted(self._adapters.items())]
 
     def _record(self, op: str, start: float) -> None:

@@ -56,10 +56,6 @@ class PayloadTooLarge(ServiceError):
     status, type, code = 413, "invalid_request_error", "payload_too_large"
 
 
-class Unprocessable(ServiceError):
-    status, type, code = 422, "invalid_request_error", "invalid_value"
-
-
 class Overloaded(ServiceError):
     status, type, code = 429, "rate_limit_error", "queue_full"
 

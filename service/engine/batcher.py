@@ -22,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from service.engine.work import Output, WorkItem
+from adapters import Adapter
 from service.errors import InferenceFailed, NotReady, Overloaded, RequestTimeout, ServiceError
 from service.metrics import Metrics
+from service.runners.base import Output, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,11 @@ class Done:
 
 
 # (items, adapter snapshot) -> one Output or Exception per item; runs in the model thread
-BatchFn = Callable[[list[WorkItem], Mapping[str, Any]], list[Output | Exception]]
+BatchFn = Callable[[list[WorkItem], Mapping[str, Adapter]], list[Output | Exception]]
 
 
 class Batcher:
-    def __init__(self, model: str, run_batch: BatchFn, snapshot: Callable[[], Mapping[str, Any]],
+    def __init__(self, model: str, run_batch: BatchFn, snapshot: Callable[[], Mapping[str, Adapter]],
                  metrics: Metrics, max_batch: int = 32, max_wait: float = 0.002, max_queue: int = 1024,
                  timeout: float = 30.0) -> None:
         if max_batch < 1:
@@ -215,7 +216,7 @@ class Batcher:
             else:
                 item.future.set_result(Done(result.value, result.adapter_id, start - item.enqueued, elapsed))
 
-    def _run_isolated(self, batch: list[WorkItem], snapshot: Mapping[str, Any]) -> list[Output | Exception]:
+    def _run_isolated(self, batch: list[WorkItem], snapshot: Mapping[str, Adapter]) -> list[Output | Exception]:
         """Model thread: the batch at once; if it raises, each item alone (only failing items fail)."""
         try:
             return self._checked(batch, snapshot)
@@ -232,7 +233,7 @@ class Batcher:
                 results.append(_as_error(exc))
         return results
 
-    def _checked(self, batch: list[WorkItem], snapshot: Mapping[str, Any]) -> list[Output | Exception]:
+    def _checked(self, batch: list[WorkItem], snapshot: Mapping[str, Adapter]) -> list[Output | Exception]:
         results = self._run_batch(batch, snapshot)
         if len(results) != len(batch):
             raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} items")

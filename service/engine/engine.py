@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import math
 import time
@@ -34,15 +35,29 @@ from service.engine.generation import Generating, SamplingRequest, split_message
 from service.engine.models import ServedModel, attach_adapters, load_served
 from service.engine.sampling import MAX_STOP_CHARS, MAX_STOP_STRINGS, MIN_TEMPERATURE, SamplingParams
 from service.engine.scheduler import GenerationRequest, TokenStream
-from service.engine.tasks import ImageInput, TaskResult, decode_any, to_image
-from service.engine.work import WorkItem, WorkKind
+from service.engine.tasks import STANDARD, ImageInput, Mode, TaskResult, decode_any, to_image
 from service.errors import BadRequest, NotFound, NotReady, Overloaded, PayloadTooLarge, RequestTimeout
 from service.media import MediaLimits
 from service.metrics import Metrics
+from service.runners.base import WorkItem, WorkKind
 from service.runners.clip import ClipGradient
 from service.settings import DEFAULT_TEMPLATE, Settings
 
 log = logging.getLogger(__name__)
+
+
+class EngineState(str, enum.Enum):
+    """The engine's lifecycle; prints and serialises as its bare value (``/health/ready``'s status)."""
+
+    CREATED = "created"
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Engine:
@@ -54,7 +69,7 @@ class Engine:
         self._loader = loader
         self.models: dict[str, ServedModel] = {}
         self.pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="preprocess")
-        self.state = "created"  # created | loading | ready | draining | failed | stopped
+        self.state = EngineState.CREATED
         self.started = int(time.time())  # `created` of the model objects (OpenAI's unix seconds)
         self.error: str | None = None
         self._in_flight: dict[str, int] = {}
@@ -71,7 +86,7 @@ class Engine:
 
     async def start(self) -> None:
         """Load, adapt and warm up every model, then start their workers. Raises ModelLoadError."""
-        self.state = "loading"
+        self.state = EngineState.LOADING
         try:
             for name in self.settings.models:
                 self.models[name] = await asyncio.to_thread(load_served, name, self.settings, self.metrics,
@@ -81,17 +96,17 @@ class Engine:
                 for served in self.models.values():
                     await asyncio.to_thread(served.runner.warmup, served.adapters.snapshot())
         except Exception as exc:
-            self.state, self.error = "failed", str(exc)
+            self.state, self.error = EngineState.FAILED, str(exc)
             raise
         for served in self.models.values():
             served.worker.start()
-        self.state = "ready"
+        self.state = EngineState.READY
 
     async def drain(self, grace: float) -> None:
         """Admit nothing new; wait up to ``grace`` s for in-flight calls, then fail the rest with 503."""
-        if self.state != "ready":
+        if self.state != EngineState.READY:
             return
-        self.state = "draining"
+        self.state = EngineState.DRAINING
         log.info("draining: %d calls in flight, grace %.0f s", sum(self._in_flight.values()), grace)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wait_idle(), grace)
@@ -110,12 +125,12 @@ class Engine:
         for served in self.models.values():
             await served.worker.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.state = "stopped"
+        self.state = EngineState.STOPPED
 
     # lookups
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.state == EngineState.READY
 
     def wedged(self) -> list[str]:
         after = max(60.0, 2 * self.settings.request_timeout_s)
@@ -123,9 +138,10 @@ class Engine:
 
     def get(self, model: str | None, task: str) -> ServedModel:
         if not self.ready:
-            if self.state == "draining":
+            if self.state == EngineState.DRAINING:
                 raise NotReady("server is shutting down; retry on another replica", "shutting_down")
-            raise NotReady("models are still loading; retry shortly" if self.state in ("created", "loading")
+            starting = self.state in (EngineState.CREATED, EngineState.LOADING)
+            raise NotReady("models are still loading; retry shortly" if starting
                            else f"server is not serving ({self.state})", headers={"Retry-After": "5"})
         if model is None:
             for served in self.models.values():
@@ -140,16 +156,16 @@ class Engine:
             raise BadRequest(f"model {model} ({served.family}) does not support {task}", "unsupported_task")
         return served
 
-    def mode(self, served: ServedModel, robust: bool | None, adapter: str | None) -> str | None:
-        """The adapter name a request runs with (None = standard mode)."""
+    def mode(self, served: ServedModel, robust: bool | None, adapter: str | None) -> Mode:
+        """The mode a request runs in: the one place ``robust``, ``adapter`` and ``default_robust`` meet."""
         if adapter is not None:
             if robust is False:
                 raise BadRequest("robust=false contradicts adapter=...; drop one", "conflicting_mode")
             if adapter not in served.adapters.snapshot():
                 raise NotFound(f"model {served.name} has no adapter {adapter!r}", "adapter_not_found")
-            return adapter
+            return Mode(adapter)
         robust = self.settings.default_robust if robust is None else robust
-        return DEFAULT if robust else None
+        return Mode(DEFAULT) if robust else STANDARD
 
     # admission, deadline, pool
     def _admit(self, served: ServedModel) -> float:
@@ -208,9 +224,8 @@ class Engine:
                 item.future.cancel()
             raise
 
-    def _count_mode(self, served: ServedModel, adapter: str | None, n: int = 1) -> None:
-        mode = "standard" if adapter is None else "robust"
-        self.metrics.robust_requests.labels(model=served.name, mode=mode).inc(n)
+    def _count_mode(self, served: ServedModel, mode: Mode, n: int = 1) -> None:
+        self.metrics.robust_requests.labels(model=served.name, mode=mode.label).inc(n)
 
     # CLIP tasks
     def _check_labels(self, labels: Sequence[str], template: str | None) -> None:
@@ -233,16 +248,16 @@ class Engine:
                        model: str | None = None) -> TaskResult:
         """Zero-shot classification: ``value`` is ``[(label, score)]`` sorted by score."""
         served = self.get(model, "classify")
-        name = self.mode(served, robust, adapter)
+        mode = self.mode(served, robust, adapter)
         self._check_labels(labels, template)
         start = time.monotonic()
         with self._admitted(served) as deadline:
             (img,) = await self._images(deadline, [image], self.limits)
-            payload = await self.in_pool(deadline, served.runner.prepare_image, img, labels,
+            payload = await self.in_pool(deadline, served.batch_runner.prepare_image, img, labels,
                                          template or DEFAULT_TEMPLATE, top_k)
-            self._count_mode(served, name)
-            done = await self._run(served, [WorkItem(WorkKind.IMAGE, payload, name)], deadline)
-        return TaskResult.of(served.name, name, done, done[0].value, start)
+            self._count_mode(served, mode)
+            done = await self._run(served, [WorkItem(WorkKind.IMAGE, payload, mode.adapter)], deadline)
+        return TaskResult.of(served.name, mode, done, done[0].value, start)
 
     async def attack(self, image: ImageInput, labels: Sequence[str], eps: int, steps: int,
                      template: str | None = None, robust: bool = False, adapter: str | None = None,
@@ -258,9 +273,9 @@ class Engine:
         the model's time (``attack_share``); one attack per model at a time (429 ``attack_busy``)."""
         s = self.settings
         served = self.get(model, "classify")
-        name = None  # the attacked mode is explicit: standard unless told (default_robust does not apply)
+        mode = STANDARD  # the attacked mode is explicit: standard unless told (default_robust does not apply)
         if robust or adapter is not None:
-            name = self.mode(served, None if adapter is not None else True, adapter)
+            mode = self.mode(served, None if adapter is not None else True, adapter)
         self._check_labels(labels, template)
         if len(labels) < 2:
             raise BadRequest("an attack needs at least two labels to move between", "too_few_labels")
@@ -279,7 +294,7 @@ class Engine:
         try:
             with self._admitted(served) as deadline:
                 (img,) = await self._images(deadline, [image], self.limits)
-                x = await self.in_pool(deadline, served.runner.prepare_attack, img)
+                x = await self.in_pool(deadline, served.batch_runner.prepare_attack, img)
                 x_adv, target, before, uid, model_time, last = x, None, (), None, 0.0, 0.0
                 step = madry_step(eps, steps)
                 for _ in range(steps):
@@ -290,7 +305,7 @@ class Engine:
                         if time.monotonic() + pause > deadline:
                             raise RequestTimeout("request deadline passed while the attack waited behind serving")
                         await asyncio.sleep(pause)
-                    item = WorkItem(WorkKind.GRADIENT, ClipGradient(x_adv, prompts, target), name)
+                    item = WorkItem(WorkKind.GRADIENT, ClipGradient(x_adv, prompts, target), mode.adapter)
                     (done,) = await self._run(served, [item], deadline)
                     if target is None:
                         target, before = done.value.target, done.value.probs
@@ -306,7 +321,7 @@ class Engine:
             self.metrics.attacks.labels(model=served.name, result=result).inc()
         clean = dict(zip(labels, before, strict=True))
         outcome = AttackOutcome(_uint8(x), _uint8(x_adv), labels[target], eps, steps, clean)
-        return TaskResult(served.name, name is not None, name, uid, outcome,
+        return TaskResult(served.name, mode, uid, outcome,
                           max(0.0, time.monotonic() - start - model_time), model_time)
 
     async def embed(self, inputs: Sequence[Any], modality: str = "text", robust: bool | None = None,
@@ -325,24 +340,24 @@ class Engine:
                 raise PayloadTooLarge(f"a text input exceeds {s.max_text_chars} characters", "text_too_long")
         elif modality != "image":
             raise BadRequest(f"modality must be text or image, not {modality!r}", "invalid_modality")
-        name = self.mode(served, robust, adapter)
+        mode = self.mode(served, robust, adapter)
         start = time.monotonic()
-        runner = served.runner
+        runner = served.batch_runner
         with self._admitted(served) as deadline:
             if modality == "image":
                 images = await self._images(deadline, inputs, self.limits)
                 payloads = [await self.in_pool(deadline, runner.prepare_image, img) for img in images]
-                items = [WorkItem(WorkKind.IMAGE, p, name) for p in payloads]
+                items = [WorkItem(WorkKind.IMAGE, p, mode.adapter) for p in payloads]
                 usage = 0
             else:
-                name = None  # R-Adapt acts on images only: text embeddings are the same in both modes
+                mode = STANDARD  # R-Adapt acts on images only: text embeddings are the same in both modes
                 payloads = await self.in_pool(deadline, runner.prepare_texts, list(inputs))
                 items = [WorkItem(WorkKind.TEXT, p) for p in payloads]
                 usage = sum(len(p.ids) for p in payloads)
-            self._count_mode(served, name, len(items))
+            self._count_mode(served, mode, len(items))
             done = await self._run(served, items, deadline)
         values = [np.asarray(d.value, dtype=np.float32) for d in done]
-        return TaskResult.of(served.name, name, done, values, start, usage)
+        return TaskResult.of(served.name, mode, done, values, start, usage)
 
     # generation
     async def start_generation(self, messages: Sequence[dict[str, Any]], sampling: SamplingRequest | None = None,
@@ -354,7 +369,7 @@ class Engine:
         The caller must ``await`` the result (or iterate ``deltas()`` when streaming) or ``cancel()`` it."""
         s = self.settings
         served = self.get(model, task)
-        name = self.mode(served, robust, adapter)
+        mode = self.mode(served, robust, adapter)
         params = self._sampling(sampling or SamplingRequest())
         converted, refs, chars = split_messages(messages)
         if len(refs) > s.max_images_per_request:
@@ -366,15 +381,15 @@ class Engine:
         deadline = self._admit(served)
         try:
             images = await self._images(deadline, refs, self.limits)
-            prompt = await self.in_pool(deadline, served.runner.prepare, converted, images)
+            prompt = await self.in_pool(deadline, served.generation_runner.prepare, converted, images)
             self._check_context(served, prompt.length, params.max_tokens)
-            req = GenerationRequest(prompt, params, name, deadline, TokenStream() if stream else None)
+            req = GenerationRequest(prompt, params, mode.adapter, deadline, TokenStream() if stream else None)
             served.worker.submit(req)
-            self._count_mode(served, name)
+            self._count_mode(served, mode)
         except BaseException:
             self._release(served)
             raise
-        return Generating(served.name, name, req, start, lambda: self._release(served))
+        return Generating(served.name, mode, req, start, lambda: self._release(served))
 
     async def generate(self, messages: Sequence[dict[str, Any]], sampling: SamplingRequest | None = None,
                        **kw: Any) -> TaskResult:
@@ -422,7 +437,7 @@ class Engine:
         return SamplingParams(max_tokens, temperature, top_p, r.seed, stop, *penalties, r.ignore_eos)
 
     def _check_context(self, served: ServedModel, prompt_tokens: int, max_tokens: int) -> None:
-        context = served.runner.context_length
+        context = served.generation_runner.context_length
         if context and prompt_tokens + max_tokens > context:
             raise BadRequest(f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
                              f"context of {context} tokens", "context_length_exceeded")
@@ -463,4 +478,4 @@ def _unless_late(deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-__all__ = ["AttackOutcome", "Engine", "ModelLoadError", "ServedModel", "TaskResult"]
+__all__ = ["AttackOutcome", "Engine", "EngineState", "ModelLoadError", "ServedModel", "TaskResult"]

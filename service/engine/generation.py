@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.engine.scheduler import Generation, GenerationRequest
-from service.engine.tasks import ImageInput, TaskResult
+from service.engine.tasks import ImageInput, Mode, TaskResult
 from service.errors import RequestTimeout
 
 CAPTION_PROMPT = "Describe the image in one sentence."
@@ -67,9 +67,9 @@ def image_prompt(image: ImageInput, text: str) -> list[dict[str, Any]]:
 class Generating:
     """A queued generation. ``cancel()`` (idempotent) frees its row and its admission slot."""
 
-    def __init__(self, model: str, adapter: str | None, request: GenerationRequest, start: float,
+    def __init__(self, model: str, mode: Mode, request: GenerationRequest, start: float,
                  release: Callable[[], None]) -> None:
-        self.model, self.adapter, self.request, self.start = model, adapter, request, start
+        self.model, self.mode, self.request, self.start = model, mode, request, start
         self._release: Callable[[], None] | None = release
 
     async def deltas(self) -> AsyncIterator[str]:
@@ -99,7 +99,7 @@ class Generating:
             raise RequestTimeout("generation did not finish within the request deadline") from None
         finally:
             self._done()
-        return TaskResult(self.model, self.adapter is not None, self.adapter, gen.adapter_id, gen,
+        return TaskResult(self.model, self.mode, gen.adapter_id, gen,
                           max(0.0, time.monotonic() - self.start - gen.inference_time), gen.inference_time,
                           gen.prompt_tokens)
 

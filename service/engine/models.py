@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from adapters import Adapter, RAdaptModel
 from adapters.method.acquire import white_adapter
@@ -20,12 +20,25 @@ from adapters.zoo.loading import LoadedModel, ModelLoadError
 from service.adapters_manager import DEFAULT, AdapterStore, parse_file
 from service.engine.batcher import Batcher
 from service.engine.scheduler import GenerationScheduler, SchedulerLimits
-from service.engine.work import Worker
 from service.errors import ServiceError
 from service.metrics import Metrics
+from service.runners.base import BatchRunner, GenerationRunner
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    """What the engine needs from a model's worker: the CLIP ``Batcher`` or the ``GenerationScheduler``
+    today; a vLLM-backed generator (GPU, image embeddings in) would be another implementation."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def abort_all(self, error: ServiceError) -> None: ...
+
+    def wedged(self, after: float) -> bool: ...
 
 
 @dataclass
@@ -34,13 +47,25 @@ class ServedModel:
     family: str
     loaded: LoadedModel
     rmodel: RAdaptModel
-    runner: Any  # ClipRunner | VlmRunner (service.engine.work's contracts)
+    runner: BatchRunner | GenerationRunner  # ClipRunner | VlmRunner
     adapters: AdapterStore
     worker: Worker  # Batcher | GenerationScheduler
 
     @property
     def tasks(self) -> frozenset[str]:
         return self.runner.tasks
+
+    @property
+    def batch_runner(self) -> BatchRunner:
+        """The runner of a CLIP-family model (classify, embeddings: ``Engine.get`` checked the task)."""
+        assert isinstance(self.runner, BatchRunner), f"{self.name} has no batch runner"
+        return self.runner
+
+    @property
+    def generation_runner(self) -> GenerationRunner:
+        """The runner of a chat model (chat, caption, vqa: ``Engine.get`` checked the task)."""
+        assert isinstance(self.runner, GenerationRunner), f"{self.name} has no generation runner"
+        return self.runner
 
 
 def load_served(name: str, settings: Settings, metrics: Metrics, loader: Callable[..., LoadedModel]) -> ServedModel:
@@ -55,19 +80,22 @@ def load_served(name: str, settings: Settings, metrics: Metrics, loader: Callabl
     if swept is not None:
         sigma, alpha = swept[0] if sigma is None else sigma, swept[1] if alpha is None else alpha
     store.put(DEFAULT, white_adapter(rmodel, sigma, alpha, source=f"white:{name}"))
+    runner: BatchRunner | GenerationRunner
     worker: Batcher | GenerationScheduler
     if loaded.family == "clip":
         from service.runners.clip import ClipRunner
 
-        runner: Any = ClipRunner(loaded, rmodel, s.label_cache_size)
-        worker = Batcher(name, runner.run_batch, store.snapshot, metrics, s.max_batch_size, s.max_wait_ms / 1000.0,
+        clip: BatchRunner = ClipRunner(loaded, rmodel, s.label_cache_size)
+        worker = Batcher(name, clip.run_batch, store.snapshot, metrics, s.max_batch_size, s.max_wait_ms / 1000.0,
                          s.max_queue, s.request_timeout_s)
+        runner = clip
     else:
         from service.runners.vlm import VlmRunner
 
-        runner = VlmRunner(loaded, rmodel)
-        worker = GenerationScheduler(name, runner, store.snapshot, metrics,
+        vlm: GenerationRunner = VlmRunner(loaded, rmodel)
+        worker = GenerationScheduler(name, vlm, store.snapshot, metrics,
                                      SchedulerLimits(s.max_running_requests, s.max_batch_tokens, s.max_queue))
+        runner = vlm
     seconds = time.monotonic() - start
     metrics.model_load_duration.labels(model=name).set(seconds)
     log.info("serving %s (%s) on %s, %s; loaded in %.1f s", name, loaded.family, loaded.device, loaded.dtype,

@@ -92,8 +92,3 @@ class RowSampler:
     def record(self, token: int) -> None:
         if self.params.penalised:
             self._counts[token] = self._counts.get(token, 0) + 1
-
-
-def greedy_tokens(scores: torch.Tensor) -> list[int]:
-    """``scores: [B, V]`` -> argmax per row (one call for all plain greedy rows)."""
-    return scores.argmax(dim=-1).tolist()

@@ -18,6 +18,7 @@ row. Results and streamed text reach the event loop in one ``call_soon_threadsaf
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 import time
@@ -28,13 +29,23 @@ from typing import Any
 
 import torch
 
-from service.engine.detok import RowText
+from adapters import Adapter
 from service.engine.sampling import NonFiniteScores, RowSampler, SamplingParams
-from service.errors import InferenceFailed, NotFound, NotReady, Overloaded, RequestTimeout, ServiceError
+from service.errors import InferenceFailed, NotReady, Overloaded, RequestTimeout, ServiceError
 from service.metrics import Metrics
-from service.runners.kvbatch import DecodeBatch, merge
+from service.runners.base import GenerationRunner, PreparedPrompt, adapter_for
+from service.runners.detok import RowText
+from service.runners.kvbatch import DecodeBatch, PrefilledRow, merge
 
 log = logging.getLogger(__name__)
+
+
+class Message(str, enum.Enum):
+    """What the model thread posts to the event loop about a request (its outbox)."""
+
+    DELTA = "delta"  # streamed text
+    DONE = "done"  # the Generation
+    ERROR = "error"  # the request's error
 
 
 class TokenStream:
@@ -59,7 +70,7 @@ class Generation:
 class GenerationRequest:
     """One generation, created on the event loop. ``cancelled`` is the only field the loop writes later."""
 
-    prompt: Any  # the runner's Prompt (``length``, ``n_images``)
+    prompt: PreparedPrompt  # what the runner's ``prepare`` returned
     params: SamplingParams
     adapter: str | None
     deadline: float  # time.monotonic() by which it must be done
@@ -100,8 +111,8 @@ class SchedulerLimits:
 
 
 class GenerationScheduler:
-    def __init__(self, model: str, runner: Any, snapshot: Callable[[], Mapping[str, Any]], metrics: Metrics,
-                 limits: SchedulerLimits) -> None:
+    def __init__(self, model: str, runner: GenerationRunner, snapshot: Callable[[], Mapping[str, Adapter]],
+                 metrics: Metrics, limits: SchedulerLimits) -> None:
         self.model, self.runner, self._snapshot, self.limits = model, runner, snapshot, limits
         self._waiting: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
@@ -113,7 +124,7 @@ class GenerationScheduler:
         self._thread: threading.Thread | None = None
         self.busy_since: float | None = None
         self.steps = 0  # decode steps run (tests and diagnostics)
-        self._outbox: list[tuple[GenerationRequest, str | None, Any]] = []
+        self._outbox: list[tuple[GenerationRequest, Message, Any]] = []
         m = metrics
         self._depth = m.queue_depth.labels(model=model)
         self._running = m.running_sequences.labels(model=model)
@@ -268,16 +279,11 @@ class GenerationScheduler:
                 self._rows.append(row)
                 self._reserved += row.req.reserve
 
-    def _prefill(self, req: GenerationRequest, adapters: Mapping[str, Any]) -> tuple[_Row, Any] | None:
+    def _prefill(self, req: GenerationRequest, adapters: Mapping[str, Adapter]) -> tuple[_Row, PrefilledRow] | None:
         started = time.monotonic()
         self._queue_hist.observe(started - req.enqueued)
-        adapter = None
-        if req.adapter is not None:
-            adapter = adapters.get(req.adapter)
-            if adapter is None:
-                self._fail(req, NotFound(f"adapter {req.adapter!r} was removed", "adapter_not_found"))
-                return None
         try:
+            adapter = adapter_for(req.adapter, adapters)  # NotFound when it was removed since admission
             row = _Row(req, self.runner.text_of(req.params.stop), None if adapter is None else adapter.uid, started)
             scores, prefilled = self.runner.prefill(req.prompt, adapter)
             self._ttft.observe(time.monotonic() - started)
@@ -356,7 +362,7 @@ class GenerationScheduler:
             return
         delta = row.text.add(token)
         if delta and row.req.stream is not None:
-            self._outbox.append((row.req, "delta", delta))
+            self._outbox.append((row.req, Message.DELTA, delta))
         if row.text.stopped:
             row.finish = "stop"
         elif row.count >= row.req.params.max_tokens:
@@ -377,14 +383,14 @@ class GenerationScheduler:
     def _complete(self, row: _Row) -> None:
         text, rest = row.text.final()
         if rest and row.req.stream is not None:
-            self._outbox.append((row.req, "delta", rest))
+            self._outbox.append((row.req, Message.DELTA, rest))
         now = time.monotonic()
         gen = Generation(text, int(row.req.prompt.length), row.count, row.finish or "length", row.adapter_id,
                          row.started - row.req.enqueued, now - row.started)
-        self._outbox.append((row.req, "done", gen))
+        self._outbox.append((row.req, Message.DONE, gen))
 
     def _fail(self, req: GenerationRequest, error: BaseException) -> None:
-        self._outbox.append((req, "error", error))
+        self._outbox.append((req, Message.ERROR, error))
 
     def _post(self) -> None:
         if not self._outbox:
@@ -400,17 +406,17 @@ class GenerationScheduler:
                 pass
 
 
-def _deliver(entries: list[tuple[GenerationRequest, str, Any]]) -> None:
+def _deliver(entries: list[tuple[GenerationRequest, Message, Any]]) -> None:
     """On the event loop: stream deltas, then resolve futures (a stream ends with None)."""
     for req, kind, value in entries:
-        if kind == "delta":
+        if kind == Message.DELTA:
             req.stream.queue.put_nowait(value)  # type: ignore[union-attr]
             continue
         if req.stream is not None:
             req.stream.queue.put_nowait(None)
         if req.future.done():
             continue
-        if kind == "done":
+        if kind == Message.DONE:
             req.future.set_result(value)
         else:
             req.future.set_exception(value)

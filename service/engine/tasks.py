@@ -1,4 +1,7 @@
-"""What the engine's calls return, and how their image inputs become RGB images.
+"""What the engine's calls return, the mode they run in, and how their image inputs become RGB images.
+
+A call's ``Mode`` is resolved once, by ``Engine.mode``, and carried as it is to the work items, the
+generation handle and the ``TaskResult`` (which reports it).
 
 An image input is a data URI or bare base64 string (or an http(s) URL when remote images are on),
 raw encoded bytes, or a PIL image (notebooks). URLs are fetched on the event loop (async I/O);
@@ -20,27 +23,52 @@ ImageInput = str | bytes | Image.Image
 
 
 @dataclass(frozen=True)
+class Mode:
+    """How a call runs: standard (``adapter`` None) or robust mode with the named adapter."""
+
+    adapter: str | None = None
+
+    @property
+    def robust(self) -> bool:
+        return self.adapter is not None
+
+    @property
+    def label(self) -> str:
+        """The ``mode`` label of the ``radapt_robust_requests`` metric."""
+        return "robust" if self.robust else "standard"
+
+
+STANDARD = Mode()
+
+
+@dataclass(frozen=True)
 class TaskResult:
     """``queue_time``: the call's time outside the model (decoding, preprocessing, waiting);
     ``inference_time``: the model's time for its batch or its generation."""
 
     model: str
-    robust: bool
-    adapter: str | None
+    mode: Mode
     adapter_id: str | None  # uid of the adapter object that ran
     value: Any
     queue_time: float
     inference_time: float
     usage: int = 0  # prompt tokens (embeddings)
 
+    @property
+    def robust(self) -> bool:
+        return self.mode.robust
+
+    @property
+    def adapter(self) -> str | None:
+        return self.mode.adapter
+
     @classmethod
-    def of(cls, model: str, adapter: str | None, done: Sequence[Any], value: Any, start: float,
+    def of(cls, model: str, mode: Mode, done: Sequence[Any], value: Any, start: float,
            usage: int = 0) -> TaskResult:
         """From the batcher's ``Done`` items of one call that started at ``start`` (monotonic)."""
         inference = max((d.inference_time for d in done), default=0.0)
         uid = next((d.adapter_id for d in done if d.adapter_id is not None), None)
-        return cls(model, adapter is not None, adapter, uid, value,
-                   max(0.0, time.monotonic() - start - inference), inference, usage)
+        return cls(model, mode, uid, value, max(0.0, time.monotonic() - start - inference), inference, usage)
 
 
 async def to_image(image: ImageInput, limits: MediaLimits) -> Image.Image | bytes | str:

@@ -135,14 +135,14 @@ class Playground:
         engine = self.engine
         robust_adapter = adapter or DEFAULT
         on_robust = target == "robust"
-        crafted = await engine.attack(image, labels, eps, steps, template, robust=on_robust,
-                                      adapter=robust_adapter if on_robust else None, model=model)
+        crafted = await engine.attack(image=image, labels=labels, eps=eps, steps=steps, template=template,
+                                      robust=on_robust, adapter=robust_adapter if on_robust else None, model=model)
         outcome: AttackOutcome = crafted.value
         clean, attacked = Image.fromarray(outcome.original), Image.fromarray(outcome.attacked)
 
         def classify(img: Image.Image, robust: bool) -> Any:
-            return engine.classify(img, labels, template, robust=robust, adapter=robust_adapter if robust else None,
-                                   model=crafted.model)
+            return engine.classify(image=img, labels=labels, template=template, robust=robust,
+                                   adapter=robust_adapter if robust else None, model=crafted.model)
 
         runs: list[TaskResult] = await asyncio.gather(classify(clean, False), classify(attacked, False),
                                                       classify(clean, True), classify(attacked, True))

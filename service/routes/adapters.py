@@ -10,6 +10,7 @@ like every other route's (422 ``invalid_request``, 400 ``invalid_json``). With a
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,11 +19,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service.adapters_manager import check_name, parse_bytes, parse_file, resolve_in_dir
+from service.adapters_manager import AdapterInfo, check_name, parse_bytes, parse_file, resolve_in_dir
 from service.engine.engine import Engine, ServedModel
 from service.errors import BadRequest, NotFound, NotReady, PayloadTooLarge
 from service.routes.deps import engine_of, json_response, require_admin_key, require_api_key, settings_of
-from service.schemas.adapters import AdapterLoadRequest
+from service.schemas.adapters import AdapterLoadRequest, AdapterOut
 
 router = APIRouter(tags=["adapters"])
 
@@ -37,11 +38,16 @@ def _model(engine: Engine, name: str | None) -> ServedModel:
     return engine.models[name]
 
 
+def _out(info: AdapterInfo) -> dict[str, Any]:
+    """The store's view of one adapter -> its JSON (the ``AdapterOut`` schema)."""
+    return AdapterOut.model_validate(info, from_attributes=True).model_dump()
+
+
 @router.get("/v1/adapters", dependencies=[Depends(require_api_key)])
 async def list_adapters(request: Request, model: str | None = None) -> Response:
     engine = engine_of(request)
     models = [_model(engine, model)] if model else list(engine.models.values())
-    body = {"object": "list", "data": [i.model_dump() for m in models for i in m.adapters.infos()]}
+    body = {"object": "list", "data": [_out(i) for m in models for i in m.adapters.infos()]}
     sync = request.app.state.adapter_sync
     if sync is not None:  # what this replica serves is `data`; the store it converges to is `store`
         body["store"] = sync.status()
@@ -82,7 +88,7 @@ async def load_adapter(request: Request) -> Response:
     else:
         op = served.adapters.put(name, adapter, settings.allow_weight_mismatch)
     info = next(i for i in served.adapters.infos() if i.name == name)
-    return json_response({"op": op, "adapter": info.model_dump()}, status=200 if op == "swap" else 201)
+    return json_response({"op": op, "adapter": _out(info)}, status=200 if op == "swap" else 201)
 
 
 @router.delete("/v1/adapters/{name}", dependencies=[Depends(require_admin_key)])

@@ -30,13 +30,15 @@ router = APIRouter(tags=["generation"], dependencies=[Depends(require_api_key)])
 async def chat_completions(body: ChatRequest, request: Request) -> Response:
     engine = engine_of(request)
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    running = await engine.start_generation(messages, body.sampling(body.max_completion_tokens, body.stop),
-                                            body.robust, body.adapter, body.model, "chat", body.stream)
+    running = await engine.start_generation(
+        messages=messages, sampling=body.sampling(body.max_completion_tokens, body.stop), robust=body.robust,
+        adapter=body.adapter, model=body.model, task="chat", stream=body.stream)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_events(running, cid, created, usage, engine.metrics.count_error),
-                                 media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        events = _events(running, cid=cid, created=created, include_usage=usage,
+                         count_error=engine.metrics.count_error)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
     result = await generation_result(request, running)
     gen = result.value
     return json_response({

@@ -15,7 +15,8 @@ router = APIRouter(tags=["clip"], dependencies=[Depends(require_api_key)])
 async def post_classify(body: ClassifyRequest, request: Request) -> Response:
     """Scores are the softmax over the labels of CLIP's scaled cosine logits, best first."""
     result = await unless_disconnected(request, engine_of(request).classify(
-        body.image, body.labels, body.template, body.top_k, body.robust, body.adapter, body.model))
+        image=body.image, labels=body.labels, template=body.template, top_k=body.top_k, robust=body.robust,
+        adapter=body.adapter, model=body.model))
     results = [{"label": label, "score": score} for label, score in result.value]
     return json_response({"model": result.model, "robust": result.robust, "adapter": result.adapter,
                           "results": results}, result)

@@ -20,7 +20,7 @@ async def post_embeddings(body: EmbeddingsRequest, request: Request) -> Response
         raise BadRequest("dimensions is not supported: CLIP embeddings have a fixed size", "unsupported_parameter")
     inputs = [body.input] if isinstance(body.input, str) else body.input
     result = await unless_disconnected(request, engine_of(request).embed(
-        inputs, body.modality, body.robust, body.adapter, body.model))
+        inputs=inputs, modality=body.modality, robust=body.robust, adapter=body.adapter, model=body.model))
     if body.encoding_format == "base64":
         data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(v.tobytes()).decode()}
                 for i, v in enumerate(result.value)]

@@ -54,7 +54,8 @@ async def attack(body: AttackRequest, request: Request) -> Response:
     playground = playground_of(request)
     playground.admit(request.client.host if request.client else "unknown")
     result = await unless_disconnected(request, playground.attack(
-        body.image, body.labels, body.eps, body.steps, body.template, body.model, body.adapter, body.target))
+        image=body.image, labels=body.labels, eps=body.eps, steps=body.steps, template=body.template,
+        model=body.model, adapter=body.adapter, target=body.target))
     return json_response(result)
 
 

@@ -14,17 +14,19 @@ router = APIRouter(tags=["generation"], dependencies=[Depends(require_api_key)])
 
 @router.post("/v1/caption", responses={200: {"model": TextResponse}})
 async def caption(body: CaptionRequest, request: Request) -> Response:
-    return await _run(request, "caption", body, body.image, body.prompt or CAPTION_PROMPT, body.model)
+    return await _run(request, task="caption", body=body, image=body.image, text=body.prompt or CAPTION_PROMPT,
+                      model=body.model)
 
 
 @router.post("/v1/vqa", responses={200: {"model": TextResponse}})
 async def vqa(body: VqaRequest, request: Request) -> Response:
-    return await _run(request, "vqa", body, body.image, body.question, body.model)
+    return await _run(request, task="vqa", body=body, image=body.image, text=body.question, model=body.model)
 
 
 async def _run(request: Request, task: str, body: Sampled, image: str, text: str, model: str | None) -> Response:
-    running = await engine_of(request).start_generation(image_prompt(image, text), body.sampling(), body.robust,
-                                                        body.adapter, model, task)
+    running = await engine_of(request).start_generation(
+        messages=image_prompt(image, text), sampling=body.sampling(), robust=body.robust, adapter=body.adapter,
+        model=model, task=task)
     result = await generation_result(request, running)
     gen = result.value
     return json_response({"model": result.model, "robust": result.robust, "adapter": result.adapter,

@@ -22,8 +22,8 @@ from PIL import Image
 
 from adapters import Adapter, AdapterError, RAdaptModel
 from adapters.zoo.loading import LoadedModel
-from service.engine.work import Output, WorkItem, WorkKind
 from service.errors import BadRequest, NotFound
+from service.runners.base import Output, WorkItem, WorkKind, adapter_for
 from service.runners.preprocess import image_preprocessor
 
 IMAGE, TEXT, GRADIENT = WorkKind.IMAGE, WorkKind.TEXT, WorkKind.GRADIENT
@@ -151,9 +151,10 @@ class ClipRunner:
         for i, item in enumerate(items):
             if item.kind != IMAGE:
                 continue
-            adapter = _adapter_of(item, adapters)
-            if isinstance(adapter, Exception):
-                results[i] = adapter
+            try:
+                adapter = adapter_for(item.adapter, adapters)
+            except NotFound as exc:  # removed after the request was admitted: this item's error
+                results[i] = exc
                 continue
             samples.append(adapter)
             images.append(i)
@@ -182,12 +183,13 @@ class ClipRunner:
         live: list[int] = []
         samples: list[Adapter | None] = []
         for i, item in enumerate(items):
-            adapter = _adapter_of(item, adapters)
-            if isinstance(adapter, Exception):
-                results[i] = adapter
-            else:
-                live.append(i)
-                samples.append(adapter)
+            try:
+                adapter = adapter_for(item.adapter, adapters)
+            except NotFound as exc:
+                results[i] = exc
+                continue
+            live.append(i)
+            samples.append(adapter)
         if not live:
             return results
         payloads: list[ClipGradient] = [items[i].payload for i in live]
@@ -290,16 +292,6 @@ class ClipRunner:
         for result in self.run_batch(items, adapters):
             if isinstance(result, Exception):
                 raise result
-
-
-def _adapter_of(item: WorkItem, adapters: Mapping[str, Adapter]) -> Adapter | None | Exception:
-    """The adapter an item runs with (None: standard mode), or its error when the adapter was
-    removed after the request was admitted."""
-    if item.adapter is None:
-        return None
-    if item.adapter in adapters:
-        return adapters[item.adapter]
-    return NotFound(f"adapter {item.adapter!r} was removed", "adapter_not_found")
 
 
 def _pooled(out: Any) -> torch.Tensor:

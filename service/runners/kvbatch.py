@@ -106,9 +106,6 @@ class DecodeBatch:
         self.mask = mask
         self.positions = self.positions + 1
 
-    def kv_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in _layers(self.cache) for t in (layer.keys, layer.values))
-
 
 def merge(batches: list[DecodeBatch]) -> DecodeBatch:
     """Join batches (in order) into the first one, padding each on the left to the widest."""

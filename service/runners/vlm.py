@@ -4,7 +4,7 @@
 In the model thread, ``prefill`` runs one prompt alone (its images through the vision tower with
 R-Adapt: the request's adapter, or none) and returns its first scores and a batch-of-one cache;
 ``decode`` runs one step for every row of a ``DecodeBatch``. Which rows run, join and leave is the
-scheduler's decision (``service.engine.scheduler``).
+decision of the engine's scheduler.
 
 Positions: a prompt is prefilled alone, without padding, so the model's own positions are right;
 Qwen-VL's M-RoPE gives image tokens 3-D positions, after which text positions continue from
@@ -13,7 +13,7 @@ Qwen-VL's M-RoPE gives image tokens 3-D positions, after which text positions co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,8 @@ from transformers import DynamicCache
 
 from adapters import Adapter, RAdaptModel
 from adapters.zoo.loading import LoadedModel
-from service.engine.detok import RowText
 from service.errors import BadRequest
+from service.runners.detok import RowText
 from service.runners.kvbatch import DecodeBatch, PrefilledRow
 
 
@@ -103,7 +103,7 @@ class VlmRunner:
         batch.advance(mask)
         return out.logits[:, -1].float()
 
-    def warmup(self, adapters: dict[str, Adapter]) -> None:
+    def warmup(self, adapters: Mapping[str, Adapter]) -> None:
         """A prefill and two decode steps with an image, standard and with each adapter."""
         image = Image.new("RGB", (32, 32), (127, 127, 127))
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "warm up"}]}]

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from service.engine.batcher import Batcher
-from service.engine.work import Output, WorkItem
 from service.errors import InferenceFailed, NotFound, Overloaded, RequestTimeout
 from service.metrics import Metrics
+from service.runners.base import Output, WorkItem
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio]
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from adapters.lab.zeroshot import ZeroShotClassifier
-from service.engine.work import WorkItem, WorkKind
+from service.runners.base import WorkItem, WorkKind
 from service.runners.clip import ClipGradient, GradientStep
 
 LABELS = ("cat", "dog", "car", "bird")

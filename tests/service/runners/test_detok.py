@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.zoo.vlm import llava_tokenizer
-from service.engine.detok import RowText
+from service.runners.detok import RowText
 
 pytestmark = pytest.mark.unit
 
