@@ -22,6 +22,13 @@ WRONG_ARROWS = {
         ("adapters/method/io.py", "import adapters.zoo"),  # the method on the zoo
         ("adapters/lab/report.py", "import adapters.zoo.loading"),  # the lab on the zoo
     ],
+    "service-layers": [
+        ("service/runners/preprocess.py", "import service.engine.batcher"),  # the runners on the engine
+        ("service/engine/tasks.py", "import service.schemas.clip"),  # the engine on the HTTP schema
+        ("service/adapters_manager.py", "import service.routes.deps"),  # the manager on a route
+        ("service/errors.py", "import service.settings"),  # the bottom on a layer above
+        ("service/unplaced.py", "import service.errors"),  # a new module in no layer (exhaustive)
+    ],
     "adapters-standalone": [("adapters/method/io.py", "import service.errors")],
     "service-without-bench": [("service/media.py", "import bench.machine")],
     "bench-through-the-surface": [("bench/loadgen.py", "import service.engine.batcher")],
@@ -69,7 +76,7 @@ def test_a_wrong_arrow_breaks_its_contract(tmp_path: Path, contract: str, arrow:
     assert lint(tmp_path, contract).returncode == 0  # the copy is the tree
     path, line = arrow
     target = tmp_path / path
-    target.write_text(target.read_text() + f"\n{line}  # the wrong arrow\n")
+    target.write_text((target.read_text() if target.exists() else "") + f"\n{line}  # the wrong arrow\n")
     out = lint(tmp_path, contract)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "1 broken" in out.stdout and line.split()[-1].rsplit(".", 1)[0] in out.stdout
