@@ -32,8 +32,8 @@ def command_modules() -> list[ModuleType]:
             continue
         try:
             modules.append(ep.load())
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not ep.value.startswith(exc.name):
+        except ModuleNotFoundError as exc:  # skipped only when the plugin's own module (or package) is absent
+            if exc.name is None or not (ep.module == exc.name or ep.module.startswith(exc.name + ".")):
                 raise
     return modules
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from adapters import Adapter, RAdaptModel
 from adapters.method.acquire import white_adapter
@@ -55,17 +55,17 @@ class ServedModel:
     def tasks(self) -> frozenset[str]:
         return self.runner.tasks
 
+    # Typed views of ``runner`` for the engine's calls. ``Engine.get`` has checked the task, so no check
+    # here: an isinstance against a protocol costs ~19 us per request on the event loop.
     @property
     def batch_runner(self) -> BatchRunner:
-        """The runner of a CLIP-family model (classify, embeddings: ``Engine.get`` checked the task)."""
-        assert isinstance(self.runner, BatchRunner), f"{self.name} has no batch runner"
-        return self.runner
+        """The runner of a CLIP-family model (classify, embeddings)."""
+        return cast(BatchRunner, self.runner)
 
     @property
     def generation_runner(self) -> GenerationRunner:
-        """The runner of a chat model (chat, caption, vqa: ``Engine.get`` checked the task)."""
-        assert isinstance(self.runner, GenerationRunner), f"{self.name} has no generation runner"
-        return self.runner
+        """The runner of a chat model (chat, caption, vqa)."""
+        return cast(GenerationRunner, self.runner)
 
 
 def load_served(name: str, settings: Settings, metrics: Metrics, loader: Callable[..., LoadedModel]) -> ServedModel:
@@ -85,17 +85,16 @@ def load_served(name: str, settings: Settings, metrics: Metrics, loader: Callabl
     if loaded.family == "clip":
         from service.runners.clip import ClipRunner
 
-        clip: BatchRunner = ClipRunner(loaded, rmodel, s.label_cache_size)
-        worker = Batcher(name, clip.run_batch, store.snapshot, metrics, s.max_batch_size, s.max_wait_ms / 1000.0,
-                         s.max_queue, s.request_timeout_s)
-        runner = clip
+        clip = ClipRunner(loaded, rmodel, s.label_cache_size)
+        runner, worker = clip, Batcher(name, clip.run_batch, store.snapshot, metrics, s.max_batch_size,
+                                       s.max_wait_ms / 1000.0, s.max_queue, s.request_timeout_s)
     else:
         from service.runners.vlm import VlmRunner
 
-        vlm: GenerationRunner = VlmRunner(loaded, rmodel)
-        worker = GenerationScheduler(name, vlm, store.snapshot, metrics,
-                                     SchedulerLimits(s.max_running_requests, s.max_batch_tokens, s.max_queue))
-        runner = vlm
+        vlm = VlmRunner(loaded, rmodel)
+        runner, worker = vlm, GenerationScheduler(name, vlm, store.snapshot, metrics,
+                                                  SchedulerLimits(s.max_running_requests, s.max_batch_tokens,
+                                                                  s.max_queue))
     seconds = time.monotonic() - start
     metrics.model_load_duration.labels(model=name).set(seconds)
     log.info("serving %s (%s) on %s, %s; loaded in %.1f s", name, loaded.family, loaded.device, loaded.dtype,

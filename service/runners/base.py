@@ -11,7 +11,7 @@ import asyncio
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -74,7 +74,6 @@ class PreparedText(Protocol):
     def ids(self) -> tuple[int, ...]: ...
 
 
-@runtime_checkable
 class BatchRunner(Runner, Protocol):
     """A CLIP-family runner behind the dynamic batcher: ``prepare_*`` in the worker pool (CPU), each
     result an item's ``payload``; ``run_batch`` in the model thread."""
@@ -104,7 +103,6 @@ class PreparedPrompt(Protocol):
     def length(self) -> int: ...
 
 
-@runtime_checkable
 class GenerationRunner(Runner, Protocol):
     """The mechanics the scheduler drives (``service.runners.vlm.VlmRunner``). A backend that schedules
     by itself (vLLM) would replace the scheduler and this contract together: it takes the engine's
