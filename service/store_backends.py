@@ -116,9 +116,9 @@ class DirStore:
         ref = Ref(model, name, sha256_of(data), time.time())
         self._mounted()
         try:
-            blob = self.root / "blobs" / f"{ref.sha256}.safetensors"
-            if not blob.is_file():
-                _atomic_write(blob, data)
+            # always written (as FsspecStore does): a blob already there may be a corrupt copy, which a
+            # put of the right bytes must repair; the write is atomic, so readers see old or new whole
+            _atomic_write(self.root / "blobs" / f"{ref.sha256}.safetensors", data)
             _atomic_write(self.root / _ref_key(model, name), _ref_bytes(ref))
         except OSError as exc:
             raise StoreUnavailable(f"adapter store {self.root}: cannot write ({exc.strerror or exc})") from exc

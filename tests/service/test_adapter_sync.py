@@ -57,6 +57,17 @@ def test_dir_store_round_trip_is_atomic_and_content_addressed(tmp_path):
         DirStore(tmp_path / "not-mounted").refs()
 
 
+def test_a_put_of_the_same_bytes_repairs_a_corrupt_blob(tmp_path):
+    """Content addressing must not trust a blob that is there: a truncated copy is rewritten by the next put
+    of the right bytes (the same bytes, so the same sha256; no reliance on the file's bytes differing)."""
+    store = DirStore(tmp_path)
+    ref = store.put("m", "a", b"the adapter bytes")
+    blob = tmp_path / "blobs" / f"{ref.sha256}.safetensors"
+    blob.write_bytes(b"the adap")  # truncated after it was written
+    assert store.put("m", "a", b"the adapter bytes").sha256 == ref.sha256
+    assert store.read_blob(ref.sha256) == b"the adapter bytes"
+
+
 async def test_upload_on_one_replica_is_served_by_the_other_and_delete_propagates(tmp_path, clip_engine, png):
     data = adapter_to_bytes(white(clip_engine, 2.0, 0.25))
     async with replica(tmp_path) as (a, sync_a), replica(tmp_path) as (b, sync_b):
